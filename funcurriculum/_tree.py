@@ -1,0 +1,152 @@
+"""Pytree plumbing: insertion-ordered flattening, dotted paths, alignment checks.
+
+Every tree in funcurriculum is flattened here, with dict insertion order kept
+(optree sorts dict keys unless told otherwise) and ``None`` treated as a leaf
+(so grads holding ``None`` at frozen leaves line up with params).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import optree
+import torch
+
+NAMESPACE = "funcurriculum"
+
+PyTree = Any
+
+
+def flatten(tree: PyTree) -> tuple[list[Any], optree.PyTreeSpec]:
+    """Flatten ``tree`` in insertion order (``None`` is a leaf)."""
+    with optree.dict_insertion_ordered(True, namespace=NAMESPACE):
+        return optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
+
+
+def unflatten(spec: optree.PyTreeSpec, leaves: Iterable[Any]) -> PyTree:
+    """Inverse of :func:`flatten`."""
+    return optree.tree_unflatten(spec, leaves)
+
+
+def _join(keys: Sequence[Any]) -> str:
+    return ".".join(str(k) for k in keys)
+
+
+@lru_cache(maxsize=256)
+def spec_paths(spec: optree.PyTreeSpec) -> tuple[str, ...]:
+    """Dotted leaf paths of a treespec, cached (a training loop reuses one spec)."""
+    return tuple(_join(keys) for keys in spec.paths())
+
+
+def flatten_with_paths(tree: PyTree) -> tuple[tuple[str, ...], list[Any], optree.PyTreeSpec]:
+    leaves, spec = flatten(tree)
+    return spec_paths(spec), leaves, spec
+
+
+def key_paths(spec: optree.PyTreeSpec) -> list[tuple[Any, ...]]:
+    """Raw (undotted) key tuples of a treespec's leaves."""
+    return list(spec.paths())
+
+
+def paths(params: PyTree) -> list[str]:
+    """Leaf paths of ``params`` in traversal (insertion) order, as dotted strings.
+
+    Args:
+      params: a pytree of tensors: a flat dict such as ``dict(module.named_parameters())``,
+        or nested dicts / lists / tuples (keys and indices join with ``"."``).
+
+    Returns:
+      A list of dotted path strings, one per leaf.
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> fc.paths({"head": {"w": torch.zeros(2)}, "body": [torch.zeros(1)]})
+      ['head.w', 'body.0']
+    """
+    return list(flatten_with_paths(params)[0])
+
+
+def prefixes(path: str) -> list[str]:
+    """Proper dotted prefixes of ``path``, shortest first: ``a.b.c`` -> ``[a, a.b]``."""
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def layer_names(params: PyTree) -> list[str]:
+    """Every parameter-bearing module path (ancestors included), parent before child.
+
+    A leaf ``backbone.conv1.weight`` contributes ``backbone`` and ``backbone.conv1``;
+    names appear in first-appearance order.
+
+    Args:
+      params: a pytree of tensors.
+
+    Returns:
+      The list of layer (module) names.
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> fc.layer_names({"backbone.conv1.weight": torch.zeros(1), "head.bias": torch.zeros(1)})
+      ['backbone', 'backbone.conv1', 'head']
+    """
+    seen: dict[str, None] = {}
+    for p in flatten_with_paths(params)[0]:
+        for q in prefixes(p):
+            seen.setdefault(q, None)
+    return list(seen)
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.5)
+
+
+def describe_mismatch(ref: Sequence[str], got: Sequence[str], limit: int = 8) -> str:
+    """Human-readable difference between two path lists."""
+    ref_set, got_set = set(ref), set(got)
+    missing = [p for p in ref if p not in got_set]
+    extra = [p for p in got if p not in ref_set]
+    parts = []
+    if missing:
+        parts.append(f"missing paths {missing[:limit]}" + (" ..." if len(missing) > limit else ""))
+    if extra:
+        parts.append(f"unexpected paths {extra[:limit]}" + (" ..." if len(extra) > limit else ""))
+    if not parts:
+        parts.append("same paths but a different container structure")
+    return "; ".join(parts)
+
+
+def align(
+    tree: PyTree,
+    ref_spec: optree.PyTreeSpec,
+    ref_paths: Sequence[str],
+    what: str,
+    *,
+    allow_missing: bool = False,
+) -> list[Any]:
+    """Leaves of ``tree`` in the order of ``ref_paths``.
+
+    ``tree`` must have the reference structure, or (``allow_missing``) be a sub-tree of
+    it such as a :func:`~funcurriculum.partition` part, in which case absent leaves
+    come back as ``None``. Raises ``ValueError`` naming missing / unexpected paths.
+    """
+    leaves, spec = flatten(tree)
+    if spec == ref_spec:
+        return leaves
+    got = spec_paths(spec)
+    if allow_missing:
+        index = dict(zip(got, leaves))
+        extra = [p for p in got if p not in set(ref_paths)]
+        if not extra and len(index) == len(got):
+            return [index.get(p) for p in ref_paths]
+    elif list(got) == list(ref_paths):
+        return leaves
+    raise ValueError(
+        f"{what} do not match the params' structure: {describe_mismatch(ref_paths, got)}"
+    )
+
+
+def is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
