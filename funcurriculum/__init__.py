@@ -6,14 +6,38 @@ and per-leaf coefficients, and ``transition`` refreshes the state of leaves that
 were just unfrozen.
 """
 
+from . import models as models
+from ._rule import Rule
 from ._select import select_layers
 from ._tree import layer_names, paths
-from .checkpoint import load, save
+from .checkpoint import checkpoint_files, latest_checkpoint, load, save
+from .clip import clip_by_global_norm, global_norm, with_clipping
+from .coefficients import SetCoefficient, layer_decay
 from .curriculum import Curriculum
 from .driver import LeafRule, Optimizer
+from .freezer import Freezer
+from .gradual import GradualUnfreeze
+from .guard import SkipNonFinite, all_finite, skip_nonfinite
+from .inspection import plot_schedule, summary
 from .lr_schedules import constant, cosine, join, linear_warmup, step_lr
+from .modules import (
+    NORM_LAYERS,
+    apply_requires_grad,
+    frozen_norm_eval,
+    merge_buffers,
+    shield_buffers,
+)
 from .optimizers import adam, adamw, sgd
 from .partition import combine, partition
+from .schedule import Schedule, apply_transition, describe_change
+from .train_step import make_step
+from .training_state import (
+    TrainingState,
+    load_training_state,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
 
 __version__ = "0.1.0"
 
@@ -21,19 +45,57 @@ __all__ = [
     "Curriculum",
     "LeafRule",
     "Optimizer",
+    "SkipNonFinite",
+    "TrainingState",
     "adam",
     "adamw",
+    "all_finite",
+    "checkpoint_files",
+    "clip_by_global_norm",
     "combine",
     "constant",
     "cosine",
+    "global_norm",
     "join",
+    "latest_checkpoint",
     "layer_names",
     "linear_warmup",
     "load",
+    "load_training_state",
     "partition",
     "paths",
+    "rng_state",
     "save",
+    "save_training_state",
     "select_layers",
+    "set_rng_state",
     "sgd",
+    "skip_nonfinite",
     "step_lr",
+    "with_clipping",
+    "Rule",
+    "SetCoefficient",
+    "layer_decay",
+    "Freezer",
+    "GradualUnfreeze",
+    "plot_schedule",
+    "summary",
+    "Schedule",
+    "apply_transition",
+    "describe_change",
+    "make_step",
+    "NORM_LAYERS",
+    "apply_requires_grad",
+    "frozen_norm_eval",
+    "merge_buffers",
+    "shield_buffers",
 ]
+
+
+def __getattr__(name: str):
+    # ``fc.distributed`` is imported on first use: it pulls in torch.distributed.
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,10 @@ State layout (a plain dict, so ``torch.func.vmap`` and ``fc.save`` handle it)::
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -67,10 +69,16 @@ def functorch_active() -> bool:
 _FUSED_DEVICES = ("cpu", "cuda")
 
 
+def _has_dtensor(leaves: Sequence[Any]) -> bool:
+    # No DTensor can exist before torch.distributed.tensor is imported: skip the scan.
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and any(isinstance(x, mod.DTensor) for x in leaves)
+
+
 def _fusable(p: Tensor, g: Tensor) -> bool:
     return (
-        type(p) is torch.Tensor
-        and type(g) is torch.Tensor
+        type(p) in _PLAIN
+        and type(g) in _PLAIN
         and p.device.type in _FUSED_DEVICES
         and p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
         and not p.is_sparse
@@ -108,6 +116,13 @@ class Optimizer:
       rule: the per-leaf math (a :class:`LeafRule`).
       lr: a float or a schedule ``step -> lr`` of the completed-update count.
       name: a display name.
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> opt = fc.Optimizer(fc.optimizers.SGDRule(), lr=0.5, name="sgd")
+      >>> p = {"w": torch.ones(2)}
+      >>> opt.update(p, {"w": torch.ones(2)}, opt.init(p))[0]["w"]
+      tensor([0.5000, 0.5000])
     """
 
     def __init__(self, rule: LeafRule, lr: float | Schedule, name: str = "optimizer"):
@@ -246,32 +261,59 @@ class Optimizer:
           (tensor([0.5000, 0.5000]), tensor([1., 1.]))
         """
         leaves, spec = flatten(params)
+        if _has_dtensor(leaves):  # shard-local update, see funcurriculum.distributed.dtensor
+            from .distributed.dtensor import update_local
+
+            return update_local(self, params, grads, state, masks, coeffs, donate)
         paths = spec_paths(spec)
         n = len(leaves)
         grads_l = align(grads, spec, paths, "grads", allow_missing=True)
-        masks_l = [True] * n if masks is None else align(masks, spec, paths, "masks")
-        coeffs_l = [1.0] * n if coeffs is None else align(coeffs, spec, paths, "coeffs")
+        masks_l = None if masks is None else align(masks, spec, paths, "masks")
+        coeffs_l = None if coeffs is None else align(coeffs, spec, paths, "coeffs")
         self._check_state(state)
         counts = list(align(state["count"], spec, paths, "state['count']"))
         cols = [list(align(state[f], spec, paths, f"state[{f!r}]")) for f in self.rule.fields]
 
         transformed = functorch_active()
+        traced = transformed or _compiling()
         active: list[int] = []
+        cvals: list[Any] = []
+        slow: list[int] = []  # trainable leaves the fused kernels cannot take
+        fast_ok = not traced and not _FORCE_REFERENCE
+        rule_ok = getattr(self.rule, "fusable", None)  # optional per-leaf veto of the kernels
         for i in range(n):
-            if not _mask_value(masks_l[i], paths[i]):
+            m = True if masks_l is None else masks_l[i]
+            if m is not True and not _mask_value(m, paths[i]):
                 continue
-            self._check_leaf(paths[i], leaves[i], grads_l[i], [c[i] for c in cols], transformed)
-            coeffs_l[i] = _coeff_value(coeffs_l[i], paths[i])
+            p, g = leaves[i], grads_l[i]
+            if not _plain_leaf(p, g, cols, i):
+                self._check_leaf(paths[i], p, g, [c[i] for c in cols], transformed)
+                if fast_ok and not (_fusable(p, g) and _same_layout(p, g, cols, i)):
+                    slow.append(i)
+            elif rule_ok is not None and fast_ok and not rule_ok(p):
+                slow.append(i)
+            c = 1.0 if coeffs_l is None else coeffs_l[i]
+            if type(c) is not float or not 0.0 <= c < math.inf:
+                c = _coeff_value(c, paths[i])
+            if not isinstance(counts[i], Tensor):
+                counts[i] = torch.tensor(float(counts[i]), dtype=torch.float32, device=p.device)
             active.append(i)
+            cvals.append(c)
 
         step = state["step"]
-        lr = self._lr_at(step, transformed)
+        lr = self._lr_at(step, traced)
         new_leaves = list(leaves)
-        if transformed or not all(_fusable(leaves[i], grads_l[i]) for i in active):
-            self._reference(active, new_leaves, grads_l, cols, counts, coeffs_l, lr, transformed)
+        if not fast_ok:
+            self._reference(active, cvals, new_leaves, grads_l, cols, counts, lr, transformed)
             new_step = step + 1
         else:
-            self._fused(active, new_leaves, grads_l, cols, counts, coeffs_l, lr, donate)
+            if slow:
+                slow_set = set(slow)
+                fast = [(i, c) for i, c in zip(active, cvals) if i not in slow_set]
+                slow_c = [c for i, c in zip(active, cvals) if i in slow_set]
+                self._reference(slow, slow_c, new_leaves, grads_l, cols, counts, lr, False)
+                active, cvals = [i for i, _ in fast], [c for _, c in fast]
+            self._fast(active, cvals, new_leaves, grads_l, cols, counts, lr, donate)
             if donate:
                 with torch.no_grad():
                     new_step = step.add_(1)
@@ -336,55 +378,262 @@ class Optimizer:
                 )
         return lr
 
-    def _reference(self, active, leaves, grads, cols, counts, coeffs, lr, transformed) -> None:
+    def _reference(self, active, cvals, leaves, grads, cols, counts, lr, transformed) -> None:
         rule = self.rule
         with torch.no_grad():
-            for i in active:
+            for i, c in zip(active, cvals):
                 count = counts[i] + 1
                 p = leaves[i]
-                new_p, new_bufs = rule.step(
-                    p, grads[i], tuple(c[i] for c in cols), count, lr * coeffs[i]
-                )
+                new_p, new_bufs = rule.step(p, grads[i], tuple(b[i] for b in cols), count, lr * c)
                 leaves[i] = new_p if transformed else _keep_flag(new_p, p)
                 counts[i] = count
-                for c, b in zip(cols, new_bufs):
-                    c[i] = b
+                for b, nb in zip(cols, new_bufs):
+                    b[i] = nb
 
-    def _fused(self, active, leaves, grads, cols, counts, coeffs, lr, donate) -> None:
+    def _fast(self, active, cvals, leaves, grads, cols, counts, lr, donate) -> None:
+        """Multi-tensor kernels: in place on the inputs (donate) or into fresh buffers."""
+        if not active:
+            return
         rule = self.rule
         with torch.no_grad():
-            if donate:
-                for i in active:
-                    counts[i].add_(1)
-            else:
-                for i in active:
-                    counts[i] = counts[i] + 1
+            _increment(counts, active, inplace=donate)
+            first = _first_flags(rule, active, counts)
+            lr_of = {i: lr * c for i, c in zip(active, cvals)}
+            if not donate:
+                on_cpu = [i for i in active if leaves[i].is_cpu] if _WAVES else []
+                if on_cpu:
+                    _pure_waves(rule, on_cpu, lr_of, first, leaves, grads, cols, counts)
+                    if len(on_cpu) == len(active):
+                        return
+                    done = set(on_cpu)
+                    active = [i for i in active if i not in done]
+                for i in active:  # other devices: fresh copies, then the in-place kernel
                     leaves[i] = _keep_flag(leaves[i].clone(), leaves[i])
-                    for c in cols:
-                        c[i] = c[i].clone()
-            first_flags = _first_flags(rule, active, counts)
-            groups: dict[Any, list[int]] = {}
-            for i in active:
-                lr_i = lr * coeffs[i]
-                key = (
-                    leaves[i].device,
-                    leaves[i].dtype,
-                    lr_i if isinstance(lr_i, float) else ("tensor", i),
-                    first_flags.get(i, False),
-                )
-                groups.setdefault(key, []).append(i)
-            for (device, _dtype, lr_key, first), idx in groups.items():
-                lr_g = (
-                    lr_key if isinstance(lr_key, float) else _tensor_lr(lr * coeffs[idx[0]], device)
-                )
-                rule.fused(
-                    [leaves[i] for i in idx],
-                    [grads[i] for i in idx],
-                    [[c[i] for i in idx] for c in cols],
-                    [counts[i] for i in idx],
-                    lr_g,
-                    first,
-                )
+                    for b in cols:
+                        b[i] = b[i].clone()
+            for key, idx in _lr_groups(active, lr_of, first, leaves).items():
+                _call_fused(rule, key, idx, leaves, grads, cols, counts, lr_of)
+
+
+# -- fast-path helpers ------------------------------------------------------------------
+
+_FORCE_REFERENCE = False
+"""When True every update takes the portable reference path (see :func:`force_reference`)."""
+
+_WAVES = True
+"""Pure CPU updates write fresh buffers wave by wave (cache-sized) instead of clone + update."""
+
+WAVE_ELEMS = 1 << 20
+"""Elements per wave of the pure CPU engine (each wave's working set stays in cache)."""
+
+
+@contextlib.contextmanager
+def force_reference(enabled: bool = True) -> Iterator[None]:
+    """Run every ``update`` on the portable per-leaf reference path (tests, debugging).
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> from funcurriculum.driver import force_reference
+      >>> opt, p = fc.sgd(0.5), {"w": torch.ones(2)}
+      >>> with force_reference():
+      ...     new, _ = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
+      >>> new["w"]
+      tensor([0.5000, 0.5000])
+    """
+    global _FORCE_REFERENCE
+    old, _FORCE_REFERENCE = _FORCE_REFERENCE, enabled
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE = old
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and compiler.is_compiling()
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_FAST_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _plain_leaf(p: Any, g: Any, cols: list[list[Any]], i: int) -> bool:
+    """Cheap check that a trainable leaf is valid and fusable (else the slow checks run)."""
+    if type(p) not in _PLAIN or type(g) not in _PLAIN:
+        return False
+    if (
+        g.shape != p.shape
+        or g.dtype != p.dtype
+        or p.dtype not in _FAST_DTYPES
+        or p.layout != torch.strided
+        or g.layout != torch.strided
+        or not (p.is_cpu and g.is_cpu or p.is_cuda and g.is_cuda and g.device == p.device)
+        or not p.is_contiguous()
+        or not g.is_contiguous()
+    ):
+        return False
+    return all(c[i].shape == p.shape and c[i].is_contiguous() for c in cols)
+
+
+def _same_layout(p: Tensor, g: Tensor, cols: list[list[Any]], i: int) -> bool:
+    """The fused kernels walk raw memory: every operand needs the same dense layout."""
+    st = p.stride()
+    expect = 1
+    for size, stride in sorted(zip(p.shape, st), key=lambda t: t[1]):
+        if size != 1 and stride != expect:
+            return False
+        expect *= size
+    return g.stride() == st and all(c[i].stride() == st for c in cols)
+
+
+def _increment(counts: list[Tensor], active: list[int], inplace: bool) -> None:
+    """Add 1 to the counts of ``active`` leaves with a few batched calls per device."""
+    by_dev: dict[torch.device, list[int]] = {}
+    for i in active:
+        by_dev.setdefault(counts[i].device, []).append(i)
+    for idx in by_dev.values():
+        ts = [counts[i] for i in idx]
+        if inplace:
+            torch._foreach_add_(ts, 1.0)
+        elif all(t.dtype == ts[0].dtype and t.dim() == 0 for t in ts):
+            # one stack + add: the new counts are views of one small tensor
+            for i, t in zip(idx, (torch.stack(ts) + 1).unbind()):
+                counts[i] = t
+        else:
+            for i, t in zip(idx, torch._foreach_add(ts, 1.0)):
+                counts[i] = t
+
+
+def _lr_key(lr_i: Any, i: int) -> Any:
+    return ("tensor", i) if isinstance(lr_i, Tensor) else lr_i
+
+
+def _lr_arg(lr_key: Any, lr_of: dict[int, Any], device: torch.device) -> float | Tensor:
+    if isinstance(lr_key, tuple):
+        return _tensor_lr(lr_of[lr_key[1]], device)
+    return float(lr_key)
+
+
+def _lr_groups(idx, lr_of, first, leaves) -> dict[Any, list[int]]:
+    """Leaves sharing one kernel call: same device, dtype, lr value and first-step flag."""
+    groups: dict[Any, list[int]] = {}
+    for i in idx:
+        p = leaves[i]
+        key = (p.device, p.dtype, _lr_key(lr_of[i], i), first.get(i, False))
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _call_fused(rule, key, idx, leaves, grads, cols, counts, lr_of) -> None:
+    device, _dtype, lr_key, first = key
+    rule.fused(
+        [leaves[i] for i in idx],
+        [grads[i] for i in idx],
+        [[b[i] for i in idx] for b in cols],
+        [counts[i] for i in idx],
+        _lr_arg(lr_key, lr_of, device),
+        first,
+    )
+
+
+def _pure_waves(rule, idx, lr_of, first, leaves, grads, cols, counts) -> None:
+    """Pure update of CPU leaves ``idx`` into fresh buffers, one cache-sized wave at a time.
+
+    Each wave copies its slices of params and moments into the new buffers, then runs the
+    in-place kernel on those slices. With ``_OVERLAP`` a helper thread copies wave ``k + 1``
+    while the kernel runs on wave ``k`` (the copy is memory-bound, the kernel mostly
+    compute-bound on CPU, so the two overlap).
+    """
+    wave = max(int(WAVE_ELEMS), 1)
+    cpu = torch.device("cpu")
+    nb = len(cols)
+    waves: list[tuple[list[Tensor], list[Tensor], list[tuple[int, list[Tensor]]]]] = []
+    src: list[Tensor] = []
+    dst: list[Tensor] = []
+    pieces: list[tuple[int, list[Tensor]]] = []
+    size = 0
+    for i in idx:
+        p, g = leaves[i], grads[i]
+        olds = [b[i] for b in cols]
+        new_p = torch.empty_like(p)
+        news = [torch.empty_like(b) for b in olds]
+        split = (
+            p.numel() > wave
+            and p.is_contiguous()
+            and g.is_contiguous()
+            and new_p.is_contiguous()
+            and all(t.is_contiguous() for t in olds)
+            and all(t.is_contiguous() for t in news)
+        )
+        if split:
+            chunks = list(zip(*(t.view(-1).split(wave) for t in (p, g, *olds, new_p, *news))))
+        else:
+            chunks = [(p, g, *olds, new_p, *news)]
+        for ch in chunks:
+            src.append(ch[0])
+            src.extend(ch[2 : 2 + nb])
+            dst.append(ch[2 + nb])
+            dst.extend(ch[3 + nb :])
+            pieces.append((i, [ch[2 + nb], ch[1], *ch[3 + nb :]]))
+            size += ch[0].numel()
+            if size >= wave:
+                waves.append((dst, src, pieces))
+                src, dst, pieces, size = [], [], [], 0
+        leaves[i] = _keep_flag(new_p, p)
+        for b, t in zip(cols, news):
+            b[i] = t
+    if pieces:
+        waves.append((dst, src, pieces))
+
+    def update(w) -> None:
+        groups: dict[Any, list[tuple[int, list[Tensor]]]] = {}
+        for i, ts in w[2]:
+            key = (ts[0].dtype, _lr_key(lr_of[i], i), first.get(i, False))
+            groups.setdefault(key, []).append((i, ts))
+        for (_dtype, lr_key, fst), items in groups.items():
+            rule.fused(
+                [ts[0] for _, ts in items],
+                [ts[1] for _, ts in items],
+                [[ts[2 + b] for _, ts in items] for b in range(nb)],
+                [counts[i] for i, _ in items],
+                _lr_arg(lr_key, lr_of, cpu),
+                fst,
+            )
+
+    if not (_OVERLAP and len(waves) > 1 and torch.get_num_threads() > 1):
+        for w in waves:
+            torch._foreach_copy_(w[0], w[1])
+            update(w)
+        return
+    pool = _copier()
+    pending = pool.submit(_copy_wave, waves[0])
+    try:
+        for k, w in enumerate(waves):
+            pending.result()
+            if k + 1 < len(waves):
+                pending = pool.submit(_copy_wave, waves[k + 1])
+            update(w)
+    finally:
+        pending.result()  # never leave a copy running behind the caller's back
+
+
+_OVERLAP = True
+"""Pure CPU waves: copy the next wave on a helper thread while the kernel runs."""
+
+_COPIER: list[Any] = []
+
+
+def _copier() -> Any:
+    if not _COPIER:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _COPIER.append(ThreadPoolExecutor(1, thread_name_prefix="funcurriculum-copy"))
+    return _COPIER[0]
+
+
+def _copy_wave(w) -> None:
+    with torch.no_grad():  # grad mode is thread-local: the helper thread starts with it on
+        torch._foreach_copy_(w[0], w[1])
 
 
 def _first_flags(

@@ -37,6 +37,11 @@ class SGDRule:
     def init(self, p: Tensor) -> tuple[Tensor, ...]:
         return tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for _ in self.fields)
 
+    def fusable(self, p: Tensor) -> bool:
+        # torch's CPU ``_fused_sgd_`` leaves part of a float16 / bfloat16 tensor un-updated
+        # (seen on torch 2.13): those leaves take the reference path.
+        return not (p.device.type == "cpu" and p.dtype in (torch.float16, torch.bfloat16))
+
     def step(self, p, g, bufs, count, lr):
         if self.weight_decay != 0:
             g = g + self.weight_decay * p

@@ -1,0 +1,195 @@
+"""Update-step speed: funcurriculum's ``update`` against torch.optim on the same leaves.
+
+Every case runs in one process, interleaved round by round, each keeping its own
+params/state chain (``params, state = opt.update(params, grads, state, ...)``), so the
+allocator sees the access pattern of a real training loop. Prints one JSON line per
+case and a final line of ratios (medians) against ``torch.optim.<Opt>(fused=True)``.
+
+    python benchmarks/bench_update.py                      # adam, 20M params in 100 leaves
+    python benchmarks/bench_update.py --opt sgd --params 5e6 --leaves 50
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+import funcurriculum as fc  # noqa: E402
+from funcurriculum import driver  # noqa: E402
+
+HP = {
+    "adam": dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+    "adamw": dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
+    "sgd": dict(momentum=0.9),
+}
+OURS = {"adam": fc.adam, "adamw": fc.adamw, "sgd": fc.sgd}
+TORCH = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+LR = 1e-3
+
+
+def has_fused(opt: str, device: str) -> bool:
+    try:
+        p = torch.zeros(2, device=device, requires_grad=True)
+        p.grad = torch.zeros(2, device=device)
+        TORCH[opt]([p], lr=LR, fused=True, **HP[opt]).step()
+        return True
+    except Exception:  # noqa: BLE001 (a torch without this fused kernel)
+        return False
+
+
+def main() -> None:
+    ap = C.base_parser(__doc__.splitlines()[0])
+    ap.add_argument("--opt", choices=sorted(OURS), default="adam")
+    ap.add_argument("--params", type=float, default=20e6, help="total parameter count")
+    ap.add_argument("--leaves", type=int, default=100)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--groups", type=int, default=4, help="distinct coefficients, 'mixed' case")
+    ap.add_argument("--wave", type=int, default=0, help="driver.WAVE_ELEMS (0: default)")
+    ap.add_argument("--reference", action="store_true", help="also time the reference path")
+    ap.add_argument("--extra", action="store_true", help="also time foreach / for-loop torch")
+    args = ap.parse_args()
+    C.setup(args)
+    if args.wave:
+        driver.WAVE_ELEMS = args.wave
+    dev, dtype = args.device, getattr(torch, args.dtype)
+    L = args.leaves
+    n = int(args.params) // L
+    names = [f"layer{i}.weight" for i in range(L)]
+    gen = torch.Generator().manual_seed(0)
+
+    def rand():
+        return torch.randn(n, generator=gen).to(dev, dtype)
+
+    base = {k: rand() for k in names}
+    grads = {k: rand() * 1e-2 for k in names}
+    all_on = {k: True for k in names}
+    half = {k: i % 2 == 0 for i, k in enumerate(names)}
+    one = {k: 1.0 for k in names}
+    mixed = {k: 0.5 ** (i % args.groups) for i, k in enumerate(names)}
+    llrd = {k: 0.9 ** (L - 1 - i) for i, k in enumerate(names)}
+    opt = OURS[args.opt](LR, **HP[args.opt])
+    fused_ok = has_fused(args.opt, dev)
+    torch_ref = "fused" if fused_ok else "foreach"
+
+    cases = {}
+
+    def ours(masks, coeffs, donate=False, engine="auto"):
+        params = {k: v.clone() for k, v in base.items()}
+        holder = [params, opt.init(params, masks)]
+
+        def run():
+            old = driver._WAVES
+            driver._WAVES = engine != "clone"
+            try:
+                if engine == "reference":
+                    with driver.force_reference():
+                        holder[:] = opt.update(*holder[:1], grads, holder[1], masks, coeffs)
+                else:
+                    holder[:] = opt.update(
+                        holder[0], grads, holder[1], masks, coeffs, donate=donate
+                    )
+            finally:
+                driver._WAVES = old
+
+        return run
+
+    def torch_opt(**flags):
+        ps = [base[k].clone().requires_grad_(True) for k in names]
+        for p, k in zip(ps, names):
+            p.grad = grads[k]
+        o = TORCH[args.opt](ps, lr=LR, **HP[args.opt], **flags)
+        return o.step
+
+    def clone_fused():
+        # the obvious pure update: copy params and moments, then torch's in-place kernel
+        ps = [base[k].clone() for k in names]
+        gs = [grads[k] for k in names]
+        st = opt.init(dict(zip(names, ps)))
+        bufs = [[st[f][k] for k in names] for f in opt.rule.fields]
+        counts = [st["count"][k] for k in names]
+        holder = [ps, bufs]
+
+        def run():
+            with torch.no_grad():
+                torch._foreach_add_(counts, 1.0)
+                ps2 = [p.clone() for p in holder[0]]
+                bufs2 = [[b.clone() for b in col] for col in holder[1]]
+                opt.rule.fused(ps2, gs, bufs2, counts, LR, False)
+                holder[:] = [ps2, bufs2]
+
+        return run
+
+    cases[f"torch_{torch_ref}"] = torch_opt(**({"fused": True} if fused_ok else {"foreach": True}))
+    if args.extra:
+        if fused_ok:
+            cases["torch_foreach"] = torch_opt(foreach=True)
+        cases["torch_forloop"] = torch_opt(foreach=False)
+    if fused_ok:
+        cases["clone_then_fused"] = clone_fused()
+    cases["ours_donate_mixed"] = ours(all_on, mixed, donate=True)
+    cases["ours_pure_mixed"] = ours(all_on, mixed)
+    cases["ours_pure_mixed_clone_engine"] = ours(all_on, mixed, engine="clone")
+    cases["ours_donate_one_coeff"] = ours(None, one, donate=True)
+    cases["ours_donate_llrd"] = ours(None, llrd, donate=True)
+    cases["ours_pure_one_coeff"] = ours(None, one)
+    cases["ours_pure_llrd"] = ours(None, llrd)
+    cases["ours_donate_half_frozen"] = ours(half, mixed, donate=True)
+    cases["ours_pure_half_frozen"] = ours(half, mixed)
+    if args.reference:
+        cases["ours_reference_mixed"] = ours(all_on, mixed, engine="reference")
+
+    meta = C.machine(dev) | {
+        "bench": "update",
+        "opt": args.opt,
+        "params": n * L,
+        "leaves": L,
+        "dtype": args.dtype,
+        "wave_elems": driver.WAVE_ELEMS,
+    }
+    times = C.interleaved(cases, args.rounds, args.iters, dev)
+    med, best = {}, {}
+    base_name = f"torch_{torch_ref}"
+    for name, ts in times.items():
+        s = C.summary(ts)
+        med[name], best[name] = s["median_ms"], s["min_ms"]
+        C.emit(meta | {"case": name} | s)
+    tf = med[base_name]
+
+    def ratios_of(t):
+        def r(a, b):
+            return round(t[a] / t[b], 3)
+
+        out = {
+            f"donate_vs_{base_name}": r("ours_donate_mixed", base_name),
+            f"pure_vs_{base_name}": r("ours_pure_mixed", base_name),
+            f"pure_clone_engine_vs_{base_name}": r("ours_pure_mixed_clone_engine", base_name),
+            "donate_half_frozen_vs_all_active": r("ours_donate_half_frozen", "ours_donate_mixed"),
+            "pure_half_frozen_vs_all_active": r("ours_pure_half_frozen", "ours_pure_mixed"),
+            "donate_llrd_vs_one_coeff": r("ours_donate_llrd", "ours_donate_one_coeff"),
+            "pure_llrd_vs_one_coeff": r("ours_pure_llrd", "ours_pure_one_coeff"),
+        }
+        for extra in ("clone_then_fused", "torch_foreach", "torch_forloop", "ours_reference_mixed"):
+            if extra in t:
+                out[f"{extra}_vs_{base_name}"] = r(extra, base_name)
+        return out
+
+    C.emit(
+        {
+            "bench": "update",
+            "opt": args.opt,
+            "device": dev,
+            f"{base_name}_ms": tf,
+            "ratios": ratios_of(med),
+            # the same from each case's fastest call: less sensitive to a busy machine
+            "ratios_of_min": ratios_of(best),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

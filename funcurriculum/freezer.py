@@ -1,0 +1,214 @@
+"""``Freezer``: Lighter's freezing callback as an immutable schedule rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._rule import (
+    Rule,
+    bound_value,
+    leaf_names,
+    leaves_of,
+    name_list,
+    reached,
+    unknown_name_error,
+)
+from ._tree import PyTree, close_matches
+from .curriculum import Curriculum
+
+Names = str | list[str] | tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Freezer(Rule):
+    """Hold parameters frozen over a span of steps / epochs (Lighter's ``Freezer``).
+
+    Selection (Lighter's arguments, same meanings, plus regex ``patterns``):
+
+    * ``names``: exact parameter paths or layer names (a layer selects its subtree);
+    * ``name_starts_with``: string prefixes tested on parameter paths, as Lighter
+      does (``"enc.layer1"`` also selects ``"enc.layer10.w"``);
+    * ``patterns``: regexes, ``re.fullmatch``-ed against layer names and parameter
+      paths (as :meth:`Curriculum.freeze`);
+    * ``except_names`` / ``except_name_starts_with``: parameters that stay trainable
+      even when selected.
+
+    Timing: the selection is held frozen from the first ``start_*`` reached (from the
+    beginning when none is given) until the first ``until_*`` reached (the whole run
+    when none is given): frozen while ``start <= clock < until``. ``step`` is the
+    number of completed updates and ``epoch`` the 0-based epoch, as Lightning's
+    ``global_step`` / ``current_epoch``.
+
+    Several freezers combine as a union: one releasing never unfreezes what another
+    still holds.
+
+    Args:
+      names: exact parameter paths or layer names.
+      name_starts_with: prefixes of parameter paths.
+      except_names: parameter paths or layer names left trainable.
+      except_name_starts_with: prefixes of parameter paths left trainable.
+      patterns: regexes over layer names and parameter paths.
+      until_step: release at this step.
+      until_epoch: release at this epoch.
+      start_step: start holding at this step.
+      start_epoch: start holding at this epoch.
+      keep: optional module class(es) (e.g. ``fc.NORM_LAYERS``) whose layers stay
+        trainable inside the selection (fastai / Lightning ``train_bn``); needs a
+        curriculum from :meth:`Curriculum.from_module`. Default: nothing kept, as in
+        Lighter.
+
+    Raises:
+      ValueError: none of ``names``, ``name_starts_with``, ``patterns`` given; a bound
+        is negative; a ``start_*`` is not before the ``until_*`` of its clock. Names
+        and prefixes are checked against the params by :meth:`select` (and by
+        :class:`Schedule` at construction).
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> p = {"enc.l1.w": torch.zeros(2), "enc.l2.w": torch.zeros(2), "head.w": torch.zeros(2)}
+      >>> f = fc.Freezer(name_starts_with="enc", except_names="enc.l2", until_epoch=3)
+      >>> f.select(p)
+      ['enc.l1.w']
+      >>> fc.Schedule(fc.Curriculum(p), f).at(epoch=2).frozen
+      frozenset({'enc.l1'})
+    """
+
+    names: Names = None
+    name_starts_with: Names = None
+    except_names: Names = None
+    except_name_starts_with: Names = None
+    patterns: Names = None
+    until_step: int | None = None
+    until_epoch: int | None = None
+    start_step: int | None = None
+    start_epoch: int | None = None
+    keep: Any = None
+
+    def __post_init__(self) -> None:
+        if self.keep is not None:
+            from .modules import normalize_classes
+
+            object.__setattr__(self, "keep", normalize_classes(self.keep, "Freezer keep"))
+        for f in (
+            "names",
+            "name_starts_with",
+            "except_names",
+            "except_name_starts_with",
+            "patterns",
+        ):
+            object.__setattr__(self, f, name_list(getattr(self, f), f"Freezer {f}"))
+        for f in ("until_step", "until_epoch", "start_step", "start_epoch"):
+            object.__setattr__(self, f, bound_value(getattr(self, f), f"Freezer {f}"))
+        if not (self.names or self.name_starts_with or self.patterns):
+            raise ValueError(
+                "Freezer needs at least one of `names`, `name_starts_with` or `patterns` "
+                "(a non-empty selection)"
+            )
+        for clock in ("step", "epoch"):
+            start, until = getattr(self, f"start_{clock}"), getattr(self, f"until_{clock}")
+            if start is not None and until is not None and start >= until:
+                raise ValueError(
+                    f"Freezer start_{clock}={start} is not before until_{clock}={until}: "
+                    "it would never hold anything frozen"
+                )
+
+    @property
+    def clocks(self) -> frozenset[str]:
+        """The clocks this freezer's timing reads."""
+        out = set()
+        if self.until_step is not None or self.start_step is not None:
+            out.add("step")
+        if self.until_epoch is not None or self.start_epoch is not None:
+            out.add("epoch")
+        return frozenset(out)
+
+    # -- selection -------------------------------------------------------------------
+    def _prefix_leaves(self, cur: Curriculum, prefixes: tuple[str, ...], what: str) -> set[int]:
+        out: set[int] = set()
+        for prefix in prefixes:
+            hit = {
+                i
+                for i, names in enumerate(leaf_names(cur))
+                if any(n.startswith(prefix) for n in names)
+            }
+            if not hit:
+                near = close_matches(prefix, cur._layout.nodes)
+                hint = f"; did you mean {near}?" if near else ""
+                raise ValueError(f"Freezer {what}: no parameter path starts with {prefix!r}{hint}")
+            out |= hit
+        return out
+
+    def _name_leaves(self, cur: Curriculum, names: tuple[str, ...], what: str) -> set[int]:
+        for n in names:
+            if n not in cur._layout.leaves_under:
+                raise unknown_name_error(f"Freezer {what}", n, cur)
+        return leaves_of(cur, names)
+
+    def resolve(self, cur: Curriculum) -> frozenset[int]:
+        """Indices of the leaves this freezer holds, checked against ``cur``'s names.
+
+        Raises:
+          ValueError: a name is unknown, a prefix or pattern matches nothing (with
+            close matches), or nothing is left after the exclusions.
+        """
+        chosen: set[int] = set()
+        if self.names:
+            chosen |= self._name_leaves(cur, self.names, "names")
+        if self.name_starts_with:
+            chosen |= self._prefix_leaves(cur, self.name_starts_with, "name_starts_with")
+        if self.patterns:
+            try:
+                chosen |= leaves_of(cur, cur.select(list(self.patterns)))
+            except ValueError as exc:
+                raise ValueError(f"Freezer patterns: {exc}") from None
+        excluded: set[int] = set()
+        if self.except_names:
+            excluded |= self._name_leaves(cur, self.except_names, "except_names")
+        if self.except_name_starts_with:
+            excluded |= self._prefix_leaves(
+                cur, self.except_name_starts_with, "except_name_starts_with"
+            )
+        chosen -= excluded
+        if not chosen:
+            raise ValueError(f"{self!r} selects no parameter once the exclusions are applied")
+        if self.keep is not None:
+            # Kept layers may empty the selection: that is the user's explicit choice.
+            chosen -= cur._leaves_of_class(self.keep)
+        return frozenset(chosen)
+
+    def select(self, params: PyTree | Curriculum) -> list[str]:
+        """The parameter paths this freezer holds frozen, validated against ``params``.
+
+        Args:
+          params: a params pytree or a :class:`Curriculum`.
+
+        Returns:
+          The selected leaf paths in traversal order.
+
+        Raises:
+          ValueError: see :meth:`resolve`.
+        """
+        cur = params if isinstance(params, Curriculum) else Curriculum(params)
+        idx = self.resolve(cur)
+        return [p for i, p in enumerate(cur._layout.paths) if i in idx]
+
+    # -- timing ----------------------------------------------------------------------
+    def holds(self, step: int | None = None, epoch: int | None = None) -> bool:
+        """Whether the selection is frozen at ``step`` / ``epoch``.
+
+        A bound on a clock that is not given counts as not reached (:class:`Schedule`
+        refuses such calls; see the docs).
+        """
+        starts = (self.start_step, self.start_epoch)
+        started = all(s is None for s in starts) or (
+            reached(self.start_step, step) or reached(self.start_epoch, epoch)
+        )
+        released = reached(self.until_step, step) or reached(self.until_epoch, epoch)
+        return started and not released
+
+    def phase(self, step: int | None, epoch: int | None) -> bool:
+        return self.holds(step, epoch)
+
+    def apply_phase(self, cur: Curriculum, resolved: Any, phase: Any) -> Curriculum:
+        return cur._with_frozen(set(resolved), True) if phase else cur

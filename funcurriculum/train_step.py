@@ -1,0 +1,94 @@
+"""``make_step``: a small functional training step driven by a :class:`Schedule`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ._tree import PyTree
+from .curriculum import Curriculum
+from .partition import combine, partition
+from .schedule import Schedule, apply_transition
+
+
+def make_step(
+    loss_fn: Callable[[PyTree, Any], torch.Tensor],
+    opt: Any,
+    schedule: Schedule | Curriculum,
+    *,
+    donate: bool = False,
+) -> Callable[..., tuple[PyTree, dict[str, Any], torch.Tensor, Curriculum]]:
+    """A training step: curriculum from the schedule, transition, gradient, update.
+
+    The returned function
+
+    ``step_fn(params, state, batch, *, step=None, epoch=None, prev=None)
+    -> (params, state, loss, cur)``
+
+    takes the curriculum ``cur = schedule.at(step=step, epoch=epoch)``; when ``prev``
+    (the ``cur`` returned by the previous call) is given it moves the optimizer state
+    with :func:`apply_transition` (fresh state for just-unfrozen leaves, one log line
+    per phase change); it differentiates ``loss_fn`` with ``torch.func.grad`` with
+    respect to the trainable leaves only (:func:`partition`), so frozen leaves cost no
+    gradient compute; then ``opt.update(params, grads, state, cur.masks, cur.coeffs)``.
+
+    It is pure (unless ``donate``) and runs under ``torch.func.vmap`` for ensembles:
+    keyword arguments are not batched, and the curriculum output needs
+    ``out_dims=(0, 0, 0, None)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar tensor`` (e.g. a
+        ``torch.func.functional_call`` of a module).
+      opt: a funcurriculum optimizer.
+      schedule: a :class:`Schedule`, or a fixed :class:`Curriculum`.
+      donate: passed to ``opt.update``.
+
+    Returns:
+      ``step_fn``.
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> p = {"body.w": torch.ones(2), "head.w": torch.ones(2)}
+      >>> sched = fc.Schedule(p, fc.Freezer(names="body", until_step=1))
+      >>> step_fn = fc.make_step(lambda q, x: ((q["body.w"] + q["head.w"]) * x).sum(), fc.sgd(0.5), sched)
+      >>> state, cur = fc.sgd(0.5).init(p), None
+      >>> for t in range(2):
+      ...     p, state, loss, cur = step_fn(p, state, torch.ones(2), step=t, prev=cur)
+      >>> p["body.w"], p["head.w"]
+      (tensor([0.5000, 0.5000]), tensor([0., 0.]))
+    """
+    if isinstance(schedule, Curriculum):
+        schedule = Schedule(schedule)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            f"schedule must be a Schedule or a Curriculum, got {type(schedule).__name__}"
+        )
+
+    def step_fn(
+        params: PyTree,
+        state: dict[str, Any],
+        batch: Any,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        prev: Curriculum | None = None,
+    ) -> tuple[PyTree, dict[str, Any], torch.Tensor, Curriculum]:
+        cur = schedule.at(step=step, epoch=epoch)
+        state = apply_transition(opt, state, params, prev, cur, step=step, epoch=epoch)
+        masks = cur.masks
+        trainable, frozen = partition(params, masks)
+
+        def loss_of(part: dict) -> torch.Tensor:
+            return loss_fn(combine(part, frozen, like=params), batch)
+
+        if trainable:
+            grads, loss = torch.func.grad_and_value(loss_of)(trainable)
+        else:
+            loss, grads = loss_fn(params, batch), {}
+        new_params, new_state = opt.update(params, grads, state, masks, cur.coeffs, donate=donate)
+        return new_params, new_state, loss, cur
+
+    step_fn.schedule = schedule
+    return step_fn

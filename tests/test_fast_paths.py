@@ -1,0 +1,426 @@
+"""Every fast update path against the portable reference path and against torch.optim.
+
+Fast paths (``funcurriculum.driver``): the pure CPU "wave" engine (fresh buffers filled
+slice by slice, then torch's in-place fused kernel on them), the clone-then-fused engine
+(other devices), and donation (torch's in-place kernel on the caller's buffers). The
+reference path is the per-leaf pure math used under ``torch.func`` transforms, forced
+here with :func:`funcurriculum.driver.force_reference`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import funcurriculum as fc
+from funcurriculum import driver
+
+SHAPES = {
+    "emb.weight": (13, 7),  # 91 elements: several waves of 16, last one short
+    "block.0.weight": (5, 6),
+    "block.0.bias": (5,),
+    "block.1.weight": (40,),
+    "head.weight": (3, 9),
+    "head.bias": (3,),
+}
+NAMES = list(SHAPES)
+
+OPTS = {
+    "sgd": (fc.sgd, {}),
+    "sgd-mom": (fc.sgd, {"momentum": 0.9}),
+    "sgd-damp": (fc.sgd, {"momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+    "sgd-nesterov": (fc.sgd, {"momentum": 0.8, "nesterov": True}),
+    "adam": (fc.adam, {}),
+    "adam-wd": (fc.adam, {"betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1}),
+    "adamw": (fc.adamw, {"weight_decay": 0.05}),
+}
+TORCH = {fc.sgd: torch.optim.SGD, fc.adam: torch.optim.Adam, fc.adamw: torch.optim.AdamW}
+LR = {fc.sgd: 0.1, fc.adam: 0.05, fc.adamw: 0.05}
+
+HALF = {k: i % 2 == 0 for i, k in enumerate(NAMES)}
+GROUPED = {k: (0.5 if i % 3 else 1.0) for i, k in enumerate(NAMES)}
+PER_LEAF = {k: 0.9 ** (len(NAMES) - i) for i, k in enumerate(NAMES)}
+COEFFS = {
+    "none": None,
+    "grouped": GROUPED,
+    "per_leaf": PER_LEAF,
+    "zero": {**GROUPED, "head.bias": 0.0},
+}
+
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+}
+
+
+@pytest.fixture(autouse=True)
+def small_waves(monkeypatch):
+    """Waves of 16 elements, so the tiny leaves above are split across several waves."""
+    monkeypatch.setattr(driver, "WAVE_ELEMS", 16)
+
+
+@pytest.fixture
+def no_reference(monkeypatch):
+    """Fail if an update silently falls back to the reference path."""
+
+    def boom(*a, **k):
+        raise AssertionError("the fast path fell back to the reference path")
+
+    monkeypatch.setattr(driver.Optimizer, "_reference", boom)
+
+
+def make(dtype=torch.float32, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype)
+        for k, s in SHAPES.items()
+    }
+
+
+def grads_seq(n, dtype=torch.float32, device="cpu"):
+    return [make(dtype, seed=100 + t, device=device) for t in range(n)]
+
+
+def clone_tree(tree):
+    return {k: (clone_tree(v) if isinstance(v, dict) else v.clone()) for k, v in tree.items()}
+
+
+def run(opt, params, grads, masks, coeffs, *, donate=False, reference=False, state=None):
+    params = clone_tree(params)
+    state = opt.init(params, masks) if state is None else state
+    for g in grads:
+        g = {k: (v if masks is None or masks[k] else None) for k, v in g.items()}
+        if reference:
+            with driver.force_reference():
+                params, state = opt.update(params, g, state, masks, coeffs)
+        else:
+            params, state = opt.update(params, g, state, masks, coeffs, donate=donate)
+    return params, state
+
+
+def assert_trees_close(a, b, **tol):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_trees_close(a[k], b[k], **tol)
+    else:
+        torch.testing.assert_close(a, b, **tol)
+
+
+# -- fast == reference ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("masks", [None, HALF], ids=["all", "half_frozen"])
+@pytest.mark.parametrize("coeffs", list(COEFFS), ids=list(COEFFS))
+@pytest.mark.parametrize("mode", ["pure", "donate", "clone_engine"])
+@pytest.mark.parametrize("name", list(OPTS))
+def test_fast_equals_reference(name, mode, coeffs, masks, dtype, monkeypatch, no_reference):
+    make_opt, kw = OPTS[name]
+    opt = make_opt(LR[make_opt], **kw)
+    params, grads = make(dtype), grads_seq(3, dtype)
+    ref = _reference_run(opt, params, grads, masks, COEFFS[coeffs])
+    if mode == "clone_engine":
+        monkeypatch.setattr(driver, "_WAVES", False)
+    got = run(opt, params, grads, masks, COEFFS[coeffs], donate=mode == "donate")
+    assert_trees_close(got[0], ref[0], **TOL[dtype])
+    assert_trees_close(got[1], ref[1], **TOL[dtype])
+
+
+def _reference_run(opt, params, grads, masks, coeffs):
+    # the no_reference fixture may have patched the class: use the original method here
+    saved = driver.Optimizer._reference
+    driver.Optimizer._reference = _ORIGINAL_REFERENCE
+    try:
+        return run(opt, params, grads, masks, coeffs, reference=True)
+    finally:
+        driver.Optimizer._reference = saved
+
+
+_ORIGINAL_REFERENCE = driver.Optimizer._reference
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd-mom"])
+def test_tensor_coefficients_and_tensor_lr(name, no_reference):
+    """0-d tensor coefficients and a schedule returning tensors use the fast path too."""
+    make_opt, kw = OPTS[name]
+    sched = fc.cosine(LR[make_opt], 10)
+    opt = make_opt(sched, **kw)
+    coeffs = {k: torch.tensor(v, dtype=torch.float64) for k, v in PER_LEAF.items()}
+    params, grads = make(torch.float64), grads_seq(3, torch.float64)
+    ref = _reference_run(opt, params, grads, HALF, coeffs)
+    for donate in (False, True):
+        got = run(opt, params, grads, HALF, coeffs, donate=donate)
+        assert_trees_close(got[0], ref[0], **TOL[torch.float64])
+        assert_trees_close(got[1], ref[1], **TOL[torch.float64])
+
+
+def test_parameters_take_the_fast_path(no_reference):
+    """nn.Parameter leaves (``dict(model.named_parameters())``) are fused and keep requires_grad."""
+    opt = fc.adam(0.05)
+    base = make(torch.float64)
+    grads = grads_seq(2, torch.float64)
+    ref = _reference_run(opt, base, grads, None, GROUPED)
+    for donate in (False, True):
+        p = {k: torch.nn.Parameter(v.clone()) for k, v in base.items()}
+        state = opt.init(p)
+        for g in grads:
+            p, state = opt.update(p, g, state, None, GROUPED, donate=donate)
+        assert all(v.requires_grad for v in p.values())
+        assert_trees_close({k: v.detach() for k, v in p.items()}, ref[0], **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("grad_layout", ["same", "contiguous"])
+def test_strided_leaves(grad_layout, monkeypatch):
+    """Fused kernels walk raw memory: a leaf whose grad has another layout than its param
+    is updated on the reference path (per leaf), one with a shared layout stays fused."""
+    calls = []
+    original = driver.Optimizer._reference
+
+    def spy(self, active, *a, **k):
+        calls.extend(active)
+        return original(self, active, *a, **k)
+
+    monkeypatch.setattr(driver.Optimizer, "_reference", spy)
+    opt = fc.adam(0.05)
+    base = make(torch.float64)
+    grads = grads_seq(2, torch.float64)
+    ref = _reference_run(opt, base, grads, None, None)
+    for donate in (False, True):
+        p = {k: v.clone() for k, v in base.items()}
+        p["emb.weight"] = base["emb.weight"].t().contiguous().t()  # column-major
+        assert not p["emb.weight"].is_contiguous()
+        state = opt.init(p)
+        for g in grads:
+            g = dict(g)
+            if grad_layout == "same":
+                g["emb.weight"] = g["emb.weight"].t().contiguous().t()
+            calls.clear()
+            p, state = opt.update(p, g, state, donate=donate)
+            assert calls == ([] if grad_layout == "same" else [0])
+        assert_trees_close(p, ref[0], **TOL[torch.float64])
+        assert_trees_close(state, ref[1], **TOL[torch.float64])
+
+
+# -- fast == torch.optim ----------------------------------------------------------------
+
+
+def torch_run(make_opt, kw, params, grads, masks, coeffs, dtype, **flags):
+    """torch.optim oracle: one param group per distinct coefficient, frozen leaves left out."""
+    ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    groups: dict[float, list] = {}
+    for k in NAMES:
+        if masks is None or masks[k]:
+            c = 1.0 if coeffs is None else coeffs[k]
+            groups.setdefault(c, []).append(ps[k])
+    lr = LR[make_opt]
+    o = TORCH[make_opt](
+        [{"params": v, "lr": lr * c} for c, v in groups.items()], lr=lr, **kw, **flags
+    )
+    for g in grads:
+        for k, p in ps.items():
+            p.grad = g[k].clone()
+        o.step()
+    return {k: v.detach() for k, v in ps.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("coeffs", ["grouped", "per_leaf"])
+@pytest.mark.parametrize("donate", [False, True], ids=["pure", "donate"])
+@pytest.mark.parametrize("name", list(OPTS))
+def test_fast_equals_torch_optim(name, donate, coeffs, dtype, no_reference):
+    make_opt, kw = OPTS[name]
+    opt = make_opt(LR[make_opt], **kw)
+    params, grads = make(dtype), grads_seq(4, dtype)
+    expect = torch_run(make_opt, kw, params, grads, HALF, COEFFS[coeffs], dtype, foreach=False)
+    got, _ = run(opt, params, grads, HALF, COEFFS[coeffs], donate=donate)
+    assert_trees_close(got, expect, **TOL[dtype])
+
+
+@pytest.mark.parametrize("donate", [False, True], ids=["pure", "donate"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "adam-wd"])
+def test_bfloat16_adam_matches_torch_fused(name, donate, no_reference):
+    """bfloat16 Adam leaves run torch's fused kernel (float32 math inside), so they match
+    ``torch.optim.Adam(fused=True)`` bit for bit; the reference path rounds every
+    intermediate to bfloat16 and is only close."""
+    make_opt, kw = OPTS[name]
+    opt = make_opt(LR[make_opt], **kw)
+    params, grads = make(torch.bfloat16), grads_seq(3, torch.bfloat16)
+    expect = torch_run(make_opt, kw, params, grads, HALF, GROUPED, torch.bfloat16, fused=True)
+    got, _ = run(opt, params, grads, HALF, GROUPED, donate=donate)
+    assert_trees_close(got, expect, rtol=0, atol=0)
+    ref, _ = _reference_run(opt, params, grads, HALF, GROUPED)
+    assert_trees_close(got, ref, rtol=0.05, atol=0.05)
+
+
+def test_torch_cpu_fused_sgd_half_precision_bug():
+    """Why SGD keeps float16 / bfloat16 CPU leaves off torch's fused kernel: it leaves part
+    of the tensor un-updated. If this starts failing, torch fixed it (SGDRule.fusable)."""
+    p, g = torch.ones(40, dtype=torch.bfloat16), torch.full((40,), 0.5, dtype=torch.bfloat16)
+    torch._fused_sgd_(
+        [p], [g], [], weight_decay=0.0, momentum=0.0, lr=0.1, dampening=0.0,
+        nesterov=False, maximize=False, is_first_step=True,
+    )  # fmt: skip
+    assert not torch.equal(p, torch.full_like(p, 0.95))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("donate", [False, True], ids=["pure", "donate"])
+@pytest.mark.parametrize("name", ["sgd-mom", "sgd-nesterov", "sgd-damp"])
+def test_half_precision_sgd_matches_torch_forloop(name, donate, dtype):
+    make_opt, kw = OPTS[name]
+    opt = make_opt(LR[make_opt], **kw)
+    params, grads = make(dtype), grads_seq(3, dtype)
+    expect = torch_run(make_opt, kw, params, grads, HALF, GROUPED, dtype, foreach=False)
+    got, _ = run(opt, params, grads, HALF, GROUPED, donate=donate)
+    assert_trees_close(got, expect, rtol=0.02, atol=0.02)
+
+
+# -- purity, donation, frozen leaves ------------------------------------------------------
+
+
+def flat_tensors(tree):
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in flat_tensors(v)]
+    return [tree] if isinstance(tree, torch.Tensor) else []
+
+
+@pytest.mark.parametrize("engine", ["waves", "clone"])
+@pytest.mark.parametrize("name", ["adam", "sgd-damp", "sgd"])
+def test_pure_never_mutates_inputs(name, engine, monkeypatch, no_reference):
+    monkeypatch.setattr(driver, "_WAVES", engine == "waves")
+    make_opt, kw = OPTS[name]
+    opt = make_opt(LR[make_opt], **kw)
+    params = make()
+    state = opt.init(params, HALF)
+    params, state = opt.update(params, make(seed=7), state, HALF, GROUPED)  # non-zero state
+    grads = make(seed=8)
+    before = [t.clone() for t in flat_tensors(params) + flat_tensors(grads) + flat_tensors(state)]
+    ptrs_in = {t.data_ptr() for t in flat_tensors(params) + flat_tensors(state) if t.numel()}
+    new_p, new_s = opt.update(params, grads, state, HALF, GROUPED)
+    after = flat_tensors(params) + flat_tensors(grads) + flat_tensors(state)
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+    for k in NAMES:
+        if HALF[k]:  # trainable: fresh storage
+            assert new_p[k].data_ptr() not in ptrs_in
+            for f in opt.rule.fields:
+                assert new_s[f][k].data_ptr() not in ptrs_in
+            assert new_s["count"][k] is not state["count"][k]
+        else:  # frozen: the very same tensors
+            assert new_p[k] is params[k]
+            assert new_s["count"][k] is state["count"][k]
+            for f in opt.rule.fields:
+                assert new_s[f][k] is state[f][k]
+    assert int(new_s["step"]) == int(state["step"]) + 1
+
+
+def allocated_bytes(fn):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    total = sum(max(e.self_cpu_memory_usage, 0) for e in prof.key_averages())
+    return total, out
+
+
+@pytest.mark.parametrize("masks", [None, HALF], ids=["all", "half_frozen"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd-mom", "sgd-damp"])
+def test_donate_reuses_buffers(name, masks, monkeypatch, no_reference):
+    monkeypatch.setattr(driver, "WAVE_ELEMS", 1 << 18)
+    make_opt, kw = OPTS[name]
+    opt = make_opt(LR[make_opt], **kw)
+    params = {f"l{i}": torch.randn(4096) for i in range(6)}
+    grads = {k: torch.randn(4096) for k in params}
+    m = None if masks is None else {k: i % 2 == 0 for i, k in enumerate(params)}
+    state = opt.init(params, m)
+    params, state = opt.update(params, grads, state, m, donate=True)  # warm-up
+    ptrs = [t.data_ptr() for t in flat_tensors(params) + flat_tensors(state)]
+    nbytes = sum(t.numel() * t.element_size() for t in flat_tensors(params))
+    used, (new_p, new_s) = allocated_bytes(
+        lambda: opt.update(params, grads, state, m, {k: 0.5 for k in params}, donate=True)
+    )
+    assert [t.data_ptr() for t in flat_tensors(new_p) + flat_tensors(new_s)] == ptrs
+    assert used < 0.01 * nbytes, f"donate allocated {used} bytes"
+    # and a pure call really allocates fresh buffers (so the measure above is meaningful)
+    used_pure, _ = allocated_bytes(lambda: opt.update(new_p, grads, new_s, m))
+    assert used_pure > 0.4 * nbytes * (1 if m is None else 0.5)
+
+
+def test_frozen_leaves_never_read(no_reference):
+    """A frozen leaf may hold NaN (or anything) in its params and state: it is not touched."""
+    opt = fc.adam(0.1)
+    params = make()
+    state = opt.init(params, HALF)
+    params["block.0.weight"] = torch.full((5, 6), float("nan"))
+    for donate in (False, True):
+        new, st = opt.update(params, make(seed=3), state, HALF, donate=donate)
+        assert new["block.0.weight"] is params["block.0.weight"]
+        assert st["exp_avg"]["block.0.weight"].numel() == 0
+        assert all(torch.isfinite(new[k]).all() for k in NAMES if HALF[k])
+
+
+# -- transforms: the fast path steps aside ----------------------------------------------------
+
+
+def test_vmap_falls_back_and_matches_members():
+    E = 3
+    opt = fc.adamw(0.05)
+    members = [make(seed=s) for s in range(E)]
+    stacked = {k: torch.stack([m[k] for m in members]) for k in NAMES}
+    gseq = [[make(seed=50 + 10 * t + s) for s in range(E)] for t in range(2)]
+    coeffs = {k: torch.tensor([0.5, 1.0, 2.0]) for k in NAMES}
+    state = torch.func.vmap(opt.init)(stacked)
+    upd = torch.func.vmap(opt.update, in_dims=(0, 0, 0, None, 0))
+    p = stacked
+    for t in range(2):
+        g = {k: torch.stack([gseq[t][s][k] for s in range(E)]) for k in NAMES}
+        p, state = upd(p, g, state, HALF, coeffs)
+    for s in range(E):
+        c = {k: float(coeffs[k][s]) for k in NAMES}
+        q, st = members[s], opt.init(members[s])
+        for t in range(2):
+            q, st = opt.update(q, gseq[t][s], st, HALF, c)
+        assert_trees_close({k: p[k][s] for k in NAMES}, q, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_update_matches_eager_and_does_not_recompile_on_coeffs():
+    torch._dynamo.reset()
+    opt = fc.adam(0.05)
+    params, grads = make(), make(seed=4)
+    masks = HALF
+
+    def step(p, g, s, coeffs):
+        return opt.update(p, g, s, masks, coeffs)
+
+    compiled = torch.compile(step, backend="eager", fullgraph=False)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    state = opt.init(params, masks)
+    p_c, s_c, p_e, s_e = params, state, params, state
+    for t in range(3):
+        coeffs = {k: torch.tensor(0.5 + 0.1 * t + 0.01 * i) for i, k in enumerate(NAMES)}
+        p_c, s_c = compiled(p_c, grads, s_c, coeffs)
+        p_e, s_e = step(p_e, grads, s_e, coeffs)
+    assert_trees_close(p_c, p_e, **TOL[torch.float32])
+    frames = counters["stats"]["unique_graphs"]
+    assert frames >= 1
+    first = frames
+    coeffs = {k: torch.tensor(3.0) for k in NAMES}
+    compiled(p_c, grads, s_c, coeffs)
+    assert counters["stats"]["unique_graphs"] == first
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("donate", [False, True], ids=["pure", "donate"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd-mom"])
+def test_cuda_fast_equals_reference(name, donate):
+    make_opt, kw = OPTS[name]
+    opt = make_opt(LR[make_opt], **kw)
+    params, grads = make(device="cuda"), grads_seq(3, device="cuda")
+    ref = run(opt, params, grads, HALF, PER_LEAF, reference=True)
+    got = run(opt, params, grads, HALF, PER_LEAF, donate=donate)
+    assert_trees_close(got[0], ref[0], **TOL[torch.float32])
+    assert_trees_close(got[1], ref[1], **TOL[torch.float32])
