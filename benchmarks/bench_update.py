@@ -83,8 +83,9 @@ def main() -> None:
         holder = [params, opt.init(params, masks)]
 
         def run():
-            old = driver._WAVES
+            old = driver._WAVES, driver._OVERLAP
             driver._WAVES = engine != "clone"
+            driver._OVERLAP = engine != "serial_waves"
             try:
                 if engine == "reference":
                     with driver.force_reference():
@@ -94,7 +95,7 @@ def main() -> None:
                         holder[0], grads, holder[1], masks, coeffs, donate=donate
                     )
             finally:
-                driver._WAVES = old
+                driver._WAVES, driver._OVERLAP = old
 
         return run
 
@@ -134,6 +135,7 @@ def main() -> None:
     cases["ours_donate_mixed"] = ours(all_on, mixed, donate=True)
     cases["ours_pure_mixed"] = ours(all_on, mixed)
     cases["ours_pure_mixed_clone_engine"] = ours(all_on, mixed, engine="clone")
+    cases["ours_pure_mixed_serial_waves"] = ours(all_on, mixed, engine="serial_waves")
     cases["ours_donate_one_coeff"] = ours(None, one, donate=True)
     cases["ours_donate_llrd"] = ours(None, llrd, donate=True)
     cases["ours_pure_one_coeff"] = ours(None, one)
@@ -168,6 +170,7 @@ def main() -> None:
             f"donate_vs_{base_name}": r("ours_donate_mixed", base_name),
             f"pure_vs_{base_name}": r("ours_pure_mixed", base_name),
             f"pure_clone_engine_vs_{base_name}": r("ours_pure_mixed_clone_engine", base_name),
+            f"pure_serial_waves_vs_{base_name}": r("ours_pure_mixed_serial_waves", base_name),
             "donate_half_frozen_vs_all_active": r("ours_donate_half_frozen", "ours_donate_mixed"),
             "pure_half_frozen_vs_all_active": r("ours_pure_half_frozen", "ours_pure_mixed"),
             "donate_llrd_vs_one_coeff": r("ours_donate_llrd", "ours_donate_one_coeff"),

@@ -4,9 +4,17 @@ An optimizer is a :class:`LeafRule` (its per-leaf math, plus an optional in-plac
 multi-tensor kernel) wrapped in :class:`Optimizer`, which owns everything else:
 tree alignment and validation, masks (frozen leaves are never read or written),
 per-leaf LR coefficients, per-leaf step counts, the lr schedule, purity and buffer
-donation, and choosing between the fast fused path and the portable reference
-path (used under ``torch.func`` transforms, where ``_foreach`` / fused kernels have
-no batching rule, and on devices without fused kernels).
+donation, and choosing how each trainable leaf is updated:
+
+* donate: torch's in-place fused kernels on the caller's buffers;
+* pure (default): fresh buffers, then the same kernels on them (on CPU in overlapped
+  cache-sized waves, see :func:`_pure_waves`; elsewhere copy, then kernel);
+* reference: the rule's pure per-leaf math, under ``torch.func`` transforms (``_foreach``
+  / fused kernels have no batching rule), while ``torch.compile`` traces, for leaves the
+  kernels cannot take (layout, dtype, device, subclasses), or inside
+  :func:`force_reference`.
+
+See docs/performance.md for the measurements behind these choices.
 
 State layout (a plain dict, so ``torch.func.vmap`` and ``fc.save`` handle it)::
 

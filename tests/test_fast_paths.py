@@ -113,7 +113,7 @@ def assert_trees_close(a, b, **tol):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("masks", [None, HALF], ids=["all", "half_frozen"])
 @pytest.mark.parametrize("coeffs", list(COEFFS), ids=list(COEFFS))
-@pytest.mark.parametrize("mode", ["pure", "donate", "clone_engine"])
+@pytest.mark.parametrize("mode", ["pure", "donate", "clone_engine", "serial_waves"])
 @pytest.mark.parametrize("name", list(OPTS))
 def test_fast_equals_reference(name, mode, coeffs, masks, dtype, monkeypatch, no_reference):
     make_opt, kw = OPTS[name]
@@ -122,6 +122,8 @@ def test_fast_equals_reference(name, mode, coeffs, masks, dtype, monkeypatch, no
     ref = _reference_run(opt, params, grads, masks, COEFFS[coeffs])
     if mode == "clone_engine":
         monkeypatch.setattr(driver, "_WAVES", False)
+    if mode == "serial_waves":  # no helper-thread copies
+        monkeypatch.setattr(driver, "_OVERLAP", False)
     got = run(opt, params, grads, masks, COEFFS[coeffs], donate=mode == "donate")
     assert_trees_close(got[0], ref[0], **TOL[dtype])
     assert_trees_close(got[1], ref[1], **TOL[dtype])
@@ -166,7 +168,8 @@ def test_parameters_take_the_fast_path(no_reference):
         state = opt.init(p)
         for g in grads:
             p, state = opt.update(p, g, state, None, GROUPED, donate=donate)
-        assert all(v.requires_grad for v in p.values())
+        assert all(v.requires_grad and v.is_leaf and v.grad_fn is None for v in p.values())
+        assert all(t.grad_fn is None for t in flat_tensors(state))
         assert_trees_close({k: v.detach() for k, v in p.items()}, ref[0], **TOL[torch.float64])
 
 
