@@ -7,6 +7,7 @@ Prints one JSON line per case and a final line of counts.
 
     python benchmarks/bench_compile.py
     python benchmarks/bench_compile.py --backend inductor
+    python benchmarks/bench_compile.py --fullgraph   # fails on any graph break
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout's package
 import _common as C  # noqa: E402
 
 import funcurriculum as fc  # noqa: E402
@@ -30,6 +32,9 @@ def main() -> None:
     ap = C.base_parser(__doc__.splitlines()[0])
     ap.add_argument("--backend", default="eager")
     ap.add_argument("--steps", type=int, default=4, help="steps per coefficient/mask setting")
+    ap.add_argument(
+        "--fullgraph", action="store_true", help="fail on any graph break (fullgraph=True)"
+    )
     args = ap.parse_args()
     C.setup(args)
     dev = args.device
@@ -71,7 +76,7 @@ def main() -> None:
         """settings: list of (masks, coeffs); each held for --steps steps."""
         torch._dynamo.reset()
         graphs[0] = 0
-        step = torch.compile(train_step, backend=counting)
+        step = torch.compile(train_step, backend=counting, fullgraph=args.fullgraph)
         p, s = dict(params), opt.init(params)
         per_setting = []
         t0 = time.perf_counter()

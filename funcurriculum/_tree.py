@@ -8,6 +8,7 @@ Every tree in funcurriculum is flattened here, with dict insertion order kept
 from __future__ import annotations
 
 import difflib
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -20,14 +21,25 @@ NAMESPACE = "funcurriculum"
 PyTree = Any
 
 
-def flatten(tree: PyTree) -> tuple[list[Any], optree.PyTreeSpec]:
-    """Flatten ``tree`` in insertion order (``None`` is a leaf)."""
+def flatten(tree: PyTree) -> tuple[list[Any], Any]:
+    """Flatten ``tree`` in insertion order (``None`` is a leaf).
+
+    While ``torch.compile`` traces, a plain-Python walk (:class:`TracedSpec`) stands in for
+    optree, which dynamo cannot trace: same leaves, order and paths, no graph break.
+    """
+    if _compiling():
+        leaves: list[Any] = []
+        spec = _walk(tree, leaves)
+        if spec is not _UNKNOWN:
+            return leaves, spec
     with optree.dict_insertion_ordered(True, namespace=NAMESPACE):
         return optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
 
 
-def unflatten(spec: optree.PyTreeSpec, leaves: Iterable[Any]) -> PyTree:
+def unflatten(spec: Any, leaves: Iterable[Any]) -> PyTree:
     """Inverse of :func:`flatten`."""
+    if isinstance(spec, TracedSpec):
+        return spec.unflatten(leaves)
     return optree.tree_unflatten(spec, leaves)
 
 
@@ -35,18 +47,116 @@ def _join(keys: Sequence[Any]) -> str:
     return ".".join(str(k) for k in keys)
 
 
+def spec_paths(spec: Any) -> tuple[str, ...]:
+    """Dotted leaf paths of a treespec (cached for optree specs: a training loop reuses one)."""
+    if isinstance(spec, TracedSpec):
+        return tuple(_join(keys) for keys in spec.paths())
+    return _optree_paths(spec)
+
+
 @lru_cache(maxsize=256)
-def spec_paths(spec: optree.PyTreeSpec) -> tuple[str, ...]:
-    """Dotted leaf paths of a treespec, cached (a training loop reuses one spec)."""
+def _optree_paths(spec: optree.PyTreeSpec) -> tuple[str, ...]:
     return tuple(_join(keys) for keys in spec.paths())
 
 
-def flatten_with_paths(tree: PyTree) -> tuple[tuple[str, ...], list[Any], optree.PyTreeSpec]:
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and compiler.is_compiling()
+
+
+_DICTS = (dict, OrderedDict, defaultdict)
+_SEQS = (list, tuple, deque)
+_UNKNOWN = object()  # a container type the traced walk does not know: use optree instead
+
+
+class TracedSpec:
+    """Tree structure recorded by the traceable walk used while ``torch.compile`` traces.
+
+    ``kind`` is the container type (``None`` for a leaf), ``keys`` its keys (dicts) or
+    indices, ``children`` one spec per key, ``extra`` a defaultdict's factory or a
+    deque's maxlen. Mirrors optree's insertion-ordered, ``None``-is-leaf flattening.
+    """
+
+    __slots__ = ("kind", "keys", "children", "extra")
+
+    def __init__(self, kind: Any, keys: tuple, children: tuple, extra: Any = None):
+        self.kind, self.keys, self.children, self.extra = kind, keys, children, extra
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, TracedSpec)
+            and self.kind is other.kind
+            and self.keys == other.keys
+            and self.extra == other.extra
+            and self.children == other.children
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.keys, self.children))
+
+    def paths(self) -> list[tuple[Any, ...]]:
+        if self.kind is None:
+            return [()]
+        return [(k, *rest) for k, c in zip(self.keys, self.children) for rest in c.paths()]
+
+    def unflatten(self, leaves: Iterable[Any]) -> PyTree:
+        return self._build(iter(leaves))
+
+    def _build(self, it: Any) -> Any:
+        kind = self.kind
+        if kind is None:
+            return next(it)
+        values = [c._build(it) for c in self.children]
+        if kind is dict or kind is OrderedDict:
+            return kind(zip(self.keys, values))
+        if kind is defaultdict:
+            return defaultdict(self.extra, zip(self.keys, values))
+        if kind is list:
+            return values
+        if kind is tuple:
+            return tuple(values)
+        if kind is deque:
+            return deque(values, maxlen=self.extra)
+        return kind(*values)  # namedtuple
+
+
+_LEAF = TracedSpec(None, (), ())
+
+
+def _walk(tree: Any, leaves: list[Any]) -> Any:
+    t = type(tree)
+    if t is torch.Tensor or tree is None:
+        leaves.append(tree)
+        return _LEAF
+    if t in _DICTS:
+        keys = tuple(tree.keys())
+        extra = tree.default_factory if t is defaultdict else None
+    elif t in _SEQS:
+        keys = tuple(range(len(tree)))
+        extra = tree.maxlen if t is deque else None
+    elif isinstance(tree, tuple) and hasattr(t, "_fields"):  # namedtuple
+        keys = tuple(range(len(tree)))
+        extra = None
+    elif isinstance(tree, (tuple, list, dict, deque)):
+        return _UNKNOWN
+    else:
+        leaves.append(tree)
+        return _LEAF
+    children = []
+    for k in keys:
+        c = _walk(tree[k], leaves)
+        if c is _UNKNOWN:
+            return c
+        children.append(c)
+    return TracedSpec(t, keys, tuple(children), extra)
+
+
+def flatten_with_paths(tree: PyTree) -> tuple[tuple[str, ...], list[Any], Any]:
     leaves, spec = flatten(tree)
     return spec_paths(spec), leaves, spec
 
 
-def key_paths(spec: optree.PyTreeSpec) -> list[tuple[Any, ...]]:
+def key_paths(spec: Any) -> list[tuple[Any, ...]]:
     """Raw (undotted) key tuples of a treespec's leaves."""
     return list(spec.paths())
 
@@ -120,7 +230,7 @@ def describe_mismatch(ref: Sequence[str], got: Sequence[str], limit: int = 8) ->
 
 def align(
     tree: PyTree,
-    ref_spec: optree.PyTreeSpec,
+    ref_spec: Any,
     ref_paths: Sequence[str],
     what: str,
     *,

@@ -415,6 +415,90 @@ def test_compiled_update_matches_eager_and_does_not_recompile_on_coeffs():
     assert counters["stats"]["unique_graphs"] == first
 
 
+def test_compiled_update_is_one_graph_per_mask_set():
+    """fullgraph: no graph break in update; a new mask set compiles exactly one more graph,
+    a revisited one none, and every compiled step equals the eager step."""
+    torch._dynamo.reset()
+    opt = fc.adam(0.05)
+    params, grads = make(), make(seed=4)
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def step(p, g, s, masks, coeffs):
+        return opt.update(p, g, s, masks, coeffs)
+
+    compiled = torch.compile(step, backend=counting, fullgraph=True)
+    other = {k: not v for k, v in HALF.items()}
+    all_on = dict.fromkeys(NAMES, True)
+    coeffs = {k: torch.tensor(0.5 + 0.01 * i) for i, k in enumerate(NAMES)}
+    p_c = p_e = params
+    # full-size buffers from the start (an init(params, masks) state has 0-size buffers at
+    # frozen leaves: other shapes, so its first revisit would be a new graph too)
+    s_c = s_e = opt.init(params)
+    prev, per_set = HALF, []
+    for masks in (HALF, other, all_on, HALF, other):
+        s_c = opt.transition(s_c, p_c, prev, masks)
+        s_e = opt.transition(s_e, p_e, prev, masks)
+        before = len(graphs)
+        for _ in range(2):
+            p_c, s_c = compiled(p_c, grads, s_c, masks, coeffs)
+            with driver.force_reference():  # the same per-leaf math the trace records
+                p_e, s_e = step(p_e, grads, s_e, masks, coeffs)
+        per_set.append(len(graphs) - before)
+        prev = masks
+    assert per_set == [1, 1, 1, 0, 0]
+    assert_trees_close(p_c, p_e, **TOL[torch.float32])
+    for f in ("exp_avg", "exp_avg_sq", "count"):
+        assert_trees_close(s_c[f], s_e[f], **TOL[torch.float32])
+    assert int(s_c["step"]) == int(s_e["step"]) == 10
+
+
+def test_traced_flatten_matches_optree():
+    """The plain-Python walk used while dynamo traces gives optree's leaves, order, paths
+    and containers (insertion order kept, None a leaf)."""
+    import collections
+
+    from funcurriculum import _tree
+
+    nt = collections.namedtuple("nt", "b a")
+    t = torch.zeros
+    tree = {
+        "z": [t(1), None, (t(2), nt(t(3), None))],
+        "a": collections.OrderedDict(y=t(4), x=t(5)),
+        3: collections.defaultdict(list, {"q": t(6)}),
+        "d": collections.deque([t(7)], maxlen=4),
+        "n": 1.5,
+        "e": {},
+    }
+    leaves, spec = _tree.flatten(tree)
+    walked: list = []
+    tspec = _tree._walk(tree, walked)
+    assert isinstance(tspec, _tree.TracedSpec)
+    assert len(walked) == len(leaves) and all(a is b for a, b in zip(walked, leaves))
+    assert _tree.spec_paths(tspec) == _tree.spec_paths(spec)
+    assert _tree.key_paths(tspec) == _tree.key_paths(spec)
+    back = _tree.unflatten(tspec, walked)
+    ref = _tree.unflatten(spec, leaves)
+
+    def shape(x):
+        if isinstance(x, dict):
+            return (type(x), [(k, shape(v)) for k, v in x.items()])
+        if isinstance(x, (list, tuple, collections.deque)):
+            return (type(x), [shape(v) for v in x])
+        return x if not isinstance(x, torch.Tensor) else id(x)
+
+    assert shape(back) == shape(ref)
+    assert back[3].default_factory is list and back["d"].maxlen == 4
+    walked2: list = []
+    assert _tree._walk(tree, walked2) == tspec
+    assert _tree._walk({"z": 1}, []) != tspec
+    assert _tree._walk(collections.UserList([1]), []) is _tree._LEAF  # not a container
+    assert _tree._walk({"u": type("D", (dict,), {})(a=1)}, []) is _tree._UNKNOWN
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("donate", [False, True], ids=["pure", "donate"])
