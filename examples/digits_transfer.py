@@ -28,22 +28,18 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+from _common import (
+    add_common_args,
+    add_transfer_args,
+    digits,
+    num_threads,
+    progress,
+    transfer_split,
+)
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
 import funcurriculum as fc
-
-try:  # optional progress bar: pip install tqdm (or the [examples] extra)
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - exercised when tqdm is absent
-    tqdm = None
-
-
-def progress(iterable, desc: str, enabled: bool = True):
-    """Wrap ``iterable`` in a tqdm bar when tqdm is installed and ``enabled``."""
-    if tqdm is None or not enabled:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -53,28 +49,8 @@ def load_data(labelled_per_class: int, seed: int = 0):
     Returns ``(pre_train, pre_test, tgt_train, tgt_test)``, each ``(x, y)`` with
     ``x`` of shape ``(n, 1, 8, 8)`` in ``[0, 1]`` and labels ``0..4``.
     """
-    from sklearn.datasets import load_digits  # the [examples] extra
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    g = torch.Generator().manual_seed(seed)
-
-    def split(classes, n_train):
-        tr, te = [], []
-        for c in classes:
-            idx = torch.nonzero(y == c).flatten()
-            idx = idx[torch.randperm(len(idx), generator=g)]
-            cut = n_train if n_train is not None else (len(idx) * 3) // 4
-            tr.append(idx[:cut])
-            te.append(idx[cut:])
-        tr, te = torch.cat(tr), torch.cat(te)
-        offset = classes[0]
-        return (x[tr], y[tr] - offset), (x[te], y[te] - offset)
-
-    pre_train, pre_test = split(range(0, 5), None)
-    tgt_train, tgt_test = split(range(5, 10), labelled_per_class)
-    return pre_train, pre_test, tgt_train, tgt_test
+    x, y = digits(images=True)
+    return transfer_split(x, y, labelled_per_class, seed)
 
 
 # --------------------------------------------------------------------------- model
@@ -148,24 +124,14 @@ def train(params, opt, state, cur, data, epochs, batch, seed, desc, bar=True):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fast", action="store_true", help="tiny run (for tests / smoke checks)")
-    ap.add_argument("--labelled", type=int, default=10, help="labelled 5-9 examples per class")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--decay", type=float, default=0.5, help="LLRD factor per layer")
-    ap.add_argument("--seed", type=int, default=0)
+    add_transfer_args(ap)
     ap.add_argument("--pre", type=int, default=15, help="epochs of pretraining")
     ap.add_argument("--head", type=int, default=40, help="epochs of the head phase")
     ap.add_argument("--fine", type=int, default=40, help="epochs of the finetune phase")
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)"
-    )
-    ap.add_argument("--no-progress", action="store_true")
+    add_common_args(ap)
     args = ap.parse_args(argv)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with num_threads(args.threads):
         return run(args)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -25,6 +25,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from _common import add_transfer_args, digits, transfer_split
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
@@ -34,25 +35,7 @@ import funcurriculum.distributed as fcd
 
 def load_data(labelled_per_class: int, seed: int = 0):
     """Digits 0-4 (pretraining) and a few labelled digits 5-9; labels shifted to 0..4."""
-    from sklearn.datasets import load_digits  # the [examples] extra
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    g = torch.Generator().manual_seed(seed)
-
-    def split(classes, n_train):
-        tr, te = [], []
-        for c in classes:
-            idx = torch.nonzero(y == c).flatten()
-            idx = idx[torch.randperm(len(idx), generator=g)]
-            cut = n_train if n_train is not None else (len(idx) * 3) // 4
-            tr.append(idx[:cut])
-            te.append(idx[cut:])
-        tr, te = torch.cat(tr), torch.cat(te)
-        return (x[tr], y[tr] - classes[0]), (x[te], y[te] - classes[0])
-
-    return (*split(range(0, 5), None), *split(range(5, 10), labelled_per_class))
+    return transfer_split(*digits(), labelled_per_class, seed)
 
 
 def make_model(width: int) -> nn.Module:
@@ -124,10 +107,7 @@ def train(params, opt, state, cur, data, epochs, batch, seed, world, rank):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fast", action="store_true", help="tiny run (for tests / smoke checks)")
-    ap.add_argument("--labelled", type=int, default=10, help="labelled 5-9 examples per class")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--decay", type=float, default=0.5, help="LLRD factor per layer")
-    ap.add_argument("--seed", type=int, default=0)
+    add_transfer_args(ap)
     ap.add_argument("--no-zero", action="store_true", help="replicated optimizer state")
     ap.add_argument("--save", help="rank 0 writes final params and accuracies here (fc.save)")
     args = ap.parse_args(argv)

@@ -22,6 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from _common import digits, random_split
 from torch.func import grad, vmap
 
 import funcurriculum as fc
@@ -29,14 +30,7 @@ import funcurriculum.distributed as fcd
 
 
 def load_data(seed: int = 0):
-    from sklearn.datasets import load_digits  # the [examples] extra
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target, dtype=torch.int64)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = (len(x) * 3) // 4
-    return (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+    return random_split(*digits(), seed)
 
 
 def init_params(seed: int, width: int = 32) -> dict[str, torch.Tensor]:

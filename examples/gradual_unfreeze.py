@@ -31,39 +31,21 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import add_common_args, digits, num_threads, progress, random_split
 from torch.func import functional_call, grad_and_value
 
 import funcurriculum as fc
 from funcurriculum.models import ResNetSmall
-
-try:  # optional progress bar: pip install tqdm (or the [examples] extra)
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - exercised when tqdm is absent
-    tqdm = None
-
-
-def progress(iterable, desc: str, enabled: bool = True):
-    """Wrap ``iterable`` in a tqdm bar when tqdm is installed and ``enabled``."""
-    if tqdm is None or not enabled:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False)
-
 
 STAGES = ["conv1", "layer1", "layer2", "layer3", "layer4"]  # input side first; "fc" is the head
 
 
 def load_data(seed: int = 0, size: int = 8):
     """Digits as 1-channel images (optionally upsampled to ``size``), split 75/25."""
-    from sklearn.datasets import load_digits  # the [examples] extra
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x, y = digits(images=True)
     if size != 8:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = (len(x) * 3) // 4
-    return (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+    return random_split(x, y, seed)
 
 
 def build_model(arch: str) -> torch.nn.Module | None:
@@ -114,17 +96,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--decay", type=float, default=0.7, help="LLRD factor per stage")
     ap.add_argument("--plot", default="gradual_unfreeze.png", help="schedule plot file ('' = none)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)"
-    )
-    ap.add_argument("--no-progress", action="store_true")
+    add_common_args(ap)
     args = ap.parse_args(argv)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with num_threads(args.threads):
         return run(args)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run(args: argparse.Namespace) -> dict | None:

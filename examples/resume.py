@@ -30,22 +30,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import add_common_args, digits, num_threads, progress, random_split
 from torch import nn
 from torch.func import functional_call
 
 import funcurriculum as fc
-
-try:  # optional progress bar: pip install tqdm (or the [examples] extra)
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - exercised when tqdm is absent
-    tqdm = None
-
-
-def progress(iterable, desc: str, enabled: bool = True, initial: int = 0, total: int | None = None):
-    """Wrap ``iterable`` in a tqdm bar when tqdm is installed and ``enabled``."""
-    if tqdm is None or not enabled:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False, initial=initial, total=total)
 
 
 class SimulatedCrash(RuntimeError):
@@ -53,14 +42,7 @@ class SimulatedCrash(RuntimeError):
 
 
 def load_data(seed: int = 0):
-    from sklearn.datasets import load_digits  # the [examples] extra
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = (len(x) * 3) // 4
-    return (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+    return random_split(*digits(), seed)
 
 
 class Net(nn.Module):
@@ -175,21 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--ckpt-dir", default=None, help="where to write checkpoints (default: a temp dir)"
     )
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)"
-    )
-    ap.add_argument("--no-progress", action="store_true")
+    add_common_args(ap)
     args = ap.parse_args(argv)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with num_threads(args.threads):
         if args.ckpt_dir is None:
             with tempfile.TemporaryDirectory() as d:
                 return run(args, d)
         os.makedirs(args.ckpt_dir, exist_ok=True)
         return run(args, args.ckpt_dir)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run(args: argparse.Namespace, ckpt_dir: str) -> dict:

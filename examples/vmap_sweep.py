@@ -27,35 +27,16 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import add_common_args, digits, num_threads, progress, random_split
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 import funcurriculum as fc
 
-try:  # optional progress bar: pip install tqdm (or the [examples] extra)
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - exercised when tqdm is absent
-    tqdm = None
-
-
-def progress(iterable, desc: str, enabled: bool = True):
-    """Wrap ``iterable`` in a tqdm bar when tqdm is installed and ``enabled``."""
-    if tqdm is None or not enabled:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False)
-
 
 def load_data(seed: int = 0):
     """Digits split 75/25 into ``(x_train, y_train), (x_val, y_val)``; x flattened to 64."""
-    from sklearn.datasets import load_digits  # the [examples] extra
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = (len(x) * 3) // 4
-    tr, va = perm[:cut], perm[cut:]
-    return (x[tr], y[tr]), (x[va], y[va])
+    return random_split(*digits(), seed)
 
 
 def make_model() -> nn.Module:
@@ -124,17 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3, help="base lr (coefficients multiply it)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)"
-    )
-    ap.add_argument("--no-progress", action="store_true")
+    add_common_args(ap)
     args = ap.parse_args(argv)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with num_threads(args.threads):
         return run(args)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -236,6 +236,7 @@ def scenario_main(rank, world, out):
     # in real use: ``torchrun --nproc-per-node 2 examples/distributed_digits.py``)
     res["digits"] = None
     if importlib.util.find_spec("sklearn") is not None:
+        sys.path.insert(0, os.path.dirname(DIGITS[0]))  # the examples import examples/_common.py
         example = runpy.run_path(DIGITS[0])
         res["digits"] = example["main"]([*DIGITS[1:], os.path.join(out, "digits2.pt")])["params"]
     return res

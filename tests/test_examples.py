@@ -187,10 +187,13 @@ def test_gradual_unfreeze_torchvision_is_optional(tmp_path, capsys):
 def test_progress_bar_is_optional(name, monkeypatch):
     """Without tqdm installed the loops run bare; with it they get a bar."""
     mod = load_example(name)
-    monkeypatch.setattr(mod, "tqdm", None)
+    common = sys.modules["_common"]  # the examples share one progress() helper
+    assert mod.progress is common.progress
+    monkeypatch.setattr(common, "tqdm", None)
     r = range(3)
     assert mod.progress(r, "x") is r
     if importlib.util.find_spec("tqdm") is not None:
         monkeypatch.undo()
-        bar = mod.progress(r, "x", enabled=False)
-        assert bar is r
+        assert mod.progress(r, "x", enabled=False) is r
+        bar = mod.progress(r, "x")
+        assert bar is not r and list(bar) == [0, 1, 2]

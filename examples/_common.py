@@ -1,0 +1,98 @@
+"""Helpers shared by the example scripts (not part of the ``funcurriculum`` package).
+
+The examples are run as ``python examples/<name>.py``, so this folder is on ``sys.path``
+and ``from _common import ...`` works; the tests add the folder themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+try:  # optional progress bar: pip install tqdm (or the [examples] extra)
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover - exercised when tqdm is absent
+    tqdm = None
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def progress(
+    iterable: Iterable, desc: str, enabled: bool = True, initial: int = 0, total: int | None = None
+) -> Iterable:
+    """Wrap ``iterable`` in a tqdm bar when tqdm is installed and ``enabled``."""
+    if tqdm is None or not enabled:
+        return iterable
+    return tqdm(iterable, desc=desc, leave=False, initial=initial, total=total)
+
+
+def digits(images: bool = False) -> Split:
+    """sklearn's 8x8 digits as ``(x, y)``: ``x`` in ``[0, 1]``, ``(n, 1, 8, 8)`` or ``(n, 64)``."""
+    from sklearn.datasets import load_digits  # the [examples] extra
+
+    data = load_digits()
+    if images:
+        x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    else:
+        x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    return x, torch.tensor(data.target, dtype=torch.int64)
+
+
+def random_split(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Split, Split]:
+    """A seeded 75/25 split into ``(x_train, y_train), (x_val, y_val)``."""
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    cut = (len(x) * 3) // 4
+    return (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]])
+
+
+def transfer_split(
+    x: torch.Tensor, y: torch.Tensor, labelled_per_class: int, seed: int = 0
+) -> tuple[Split, Split, Split, Split]:
+    """Digits 0-4 (75/25 per class) and ``labelled_per_class`` labelled digits 5-9.
+
+    Returns ``(pre_train, pre_test, tgt_train, tgt_test)``, labels shifted to ``0..4``.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def split(classes: Sequence[int], n_train: int | None) -> tuple[Split, Split]:
+        tr, te = [], []
+        for c in classes:
+            idx = torch.nonzero(y == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            cut = n_train if n_train is not None else (len(idx) * 3) // 4
+            tr.append(idx[:cut])
+            te.append(idx[cut:])
+        tr_i, te_i = torch.cat(tr), torch.cat(te)
+        return (x[tr_i], y[tr_i] - classes[0]), (x[te_i], y[te_i] - classes[0])
+
+    return (*split(range(0, 5), None), *split(range(5, 10), labelled_per_class))
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """Add the ``--threads`` and ``--no-progress`` options every example shares."""
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)"
+    )
+    ap.add_argument("--no-progress", action="store_true")
+
+
+def add_transfer_args(ap: argparse.ArgumentParser) -> None:
+    """Add the options of the digits 0-4 -> 5-9 transfer experiment (serial and distributed)."""
+    ap.add_argument("--labelled", type=int, default=10, help="labelled 5-9 examples per class")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--decay", type=float, default=0.5, help="LLRD factor per layer")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+@contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """Use ``n`` torch threads inside the block and restore the previous count after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
