@@ -256,7 +256,3 @@ def align(
     raise ValueError(
         f"{what} do not match the params' structure: {describe_mismatch(ref_paths, got)}"
     )
-
-
-def is_tensor(x: Any) -> bool:
-    return isinstance(x, torch.Tensor)

@@ -270,12 +270,6 @@ class Curriculum:
             raise TypeError(f"{what} needs patterns (or classes=)")
         return self.select(patterns)
 
-    def _selected_leaves(self, patterns: Patterns) -> set[int]:
-        out: set[int] = set()
-        for name in self.select(patterns):
-            out.update(self._layout.leaves_under[name])
-        return out
-
     def _leaves_of(self, names: Sequence[str]) -> set[int]:
         out: set[int] = set()
         for name in names:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -673,6 +673,3 @@ def _check_tensors(leaves: Sequence[Any], paths: Sequence[str], what: str) -> No
             raise TypeError(
                 f"{what} leaf {path!r} is a {type(leaf).__name__}, expected a torch.Tensor"
             )
-
-
-RuleFactory = Callable[..., LeafRule]

@@ -97,13 +97,21 @@ def test_curriculum_is_immutable_and_chainable():
 
 def test_coefficients_most_specific_ancestor_wins():
     p = resnetish()
-    cur = fc.Curriculum(p).set_lr_coefficient(0.01, "backbone").set_lr_coefficient(0.1, "backbone.layer4")
+    cur = (
+        fc.Curriculum(p)
+        .set_lr_coefficient(0.01, "backbone")
+        .set_lr_coefficient(0.1, "backbone.layer4")
+    )
     c = cur.coeffs
     assert c["backbone.conv1.weight"] == 0.01
     assert c["backbone.layer4.1.conv.weight"] == 0.1
     assert c["head.bias"] == 1.0
     # a parent entry set later does not overwrite the child's own entry
-    cur2 = fc.Curriculum(p).set_lr_coefficient(0.1, "backbone.layer4").set_lr_coefficient(0.01, "backbone")
+    cur2 = (
+        fc.Curriculum(p)
+        .set_lr_coefficient(0.1, "backbone.layer4")
+        .set_lr_coefficient(0.01, "backbone")
+    )
     assert cur2.coeffs == c
     assert cur2 == cur
 
@@ -112,7 +120,11 @@ def test_coefficient_one_removes_entry_unless_ancestor_applies():
     p = resnetish()
     cur = fc.Curriculum(p).set_lr_coefficient(0.5, "head")
     assert cur.set_lr_coefficient(1.0, "head").lr_coefficients == {}
-    cur = fc.Curriculum(p).set_lr_coefficient(0.1, "backbone").set_lr_coefficient(1.0, "backbone.layer4")
+    cur = (
+        fc.Curriculum(p)
+        .set_lr_coefficient(0.1, "backbone")
+        .set_lr_coefficient(1.0, "backbone.layer4")
+    )
     assert cur.lr_coefficients == {"backbone": 0.1, "backbone.layer4": 1.0}
     assert cur.coeffs["backbone.layer4.0.conv.weight"] == 1.0
     assert cur.coeffs["backbone.layer3.0.conv.weight"] == 0.1
@@ -148,7 +160,12 @@ def test_masks_and_coeffs_have_params_structure():
 
 def test_summary_lists_layers_frozen_coeff_and_sizes():
     p = resnetish()
-    cur = fc.Curriculum(p).freeze("backbone").unfreeze("backbone.layer4").set_lr_coefficient(0.1, "head")
+    cur = (
+        fc.Curriculum(p)
+        .freeze("backbone")
+        .unfreeze("backbone.layer4")
+        .set_lr_coefficient(0.1, "head")
+    )
     text = cur.summary()
     lines = {ln.split()[0]: ln.split() for ln in text.splitlines()[2:]}
     assert lines["backbone"][1] == "partial"
@@ -169,7 +186,14 @@ OPS = st.lists(
     st.tuples(
         st.sampled_from(["freeze", "unfreeze", "coeff"]),
         st.sampled_from(
-            ["backbone", "backbone.layer4", "backbone.layer4.0", "head", "backbone.bn1.bias", r"backbone\.layer[12]"]
+            [
+                "backbone",
+                "backbone.layer4",
+                "backbone.layer4.0",
+                "head",
+                "backbone.bn1.bias",
+                r"backbone\.layer[12]",
+            ]
         ),
         st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0]),
     ),
