@@ -163,3 +163,55 @@ class Rule:
         epoch = clock_value(epoch, "epoch")
         check_clocks(self, step, epoch)
         return self.apply_phase(cur, self.resolve(cur), self.phase(step, epoch))
+
+
+class Span(Rule):
+    """A rule active over a span: from the first ``start_*`` reached (the beginning when
+    none is given) until the first ``until_*`` reached (the end when none is given).
+
+    Subclasses declare the four dataclass fields ``start_step``, ``start_epoch``,
+    ``until_step``, ``until_epoch`` and call :meth:`_check_span` from ``__post_init__``.
+
+    Attributes:
+      clocks: the clocks the span's bounds read.
+
+    Example:
+      >>> import funcurriculum as fc
+      >>> f = fc.Freezer(names="a", start_epoch=1, until_step=100)
+      >>> isinstance(f, Span), sorted(f.clocks), f.active(step=5, epoch=1), f.active(step=100, epoch=1)
+      (True, ['epoch', 'step'], True, False)
+    """
+
+    start_step: int | None
+    start_epoch: int | None
+    until_step: int | None
+    until_epoch: int | None
+
+    def _check_span(self, what: str, never: str = "") -> None:
+        for f in ("start_step", "start_epoch", "until_step", "until_epoch"):
+            object.__setattr__(self, f, bound_value(getattr(self, f), f"{what} {f}"))
+        for clock in CLOCKS:
+            start, until = getattr(self, f"start_{clock}"), getattr(self, f"until_{clock}")
+            if start is not None and until is not None and start >= until:
+                raise ValueError(
+                    f"{what} start_{clock}={start} is not before until_{clock}={until}{never}"
+                )
+
+    @property
+    def clocks(self) -> frozenset[str]:
+        return frozenset(
+            c
+            for c in CLOCKS
+            if getattr(self, f"start_{c}") is not None or getattr(self, f"until_{c}") is not None
+        )
+
+    def active(self, step: int | None = None, epoch: int | None = None) -> bool:
+        """Whether the span covers ``step`` / ``epoch`` (a bound on a clock not given is
+        not reached; :class:`Schedule` refuses such calls)."""
+        no_start = self.start_step is None and self.start_epoch is None
+        started = no_start or reached(self.start_step, step) or reached(self.start_epoch, epoch)
+        ended = reached(self.until_step, step) or reached(self.until_epoch, epoch)
+        return started and not ended
+
+    def phase(self, step: int | None, epoch: int | None) -> bool:
+        return self.active(step, epoch)

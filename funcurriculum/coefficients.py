@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._rule import Rule, bound_value, exact, reached
+from ._rule import Span, exact
 from ._select import Patterns, normalize_patterns
 from ._tree import PyTree, prefixes
 from .curriculum import Curriculum, _check_coefficient
@@ -91,7 +91,7 @@ def layer_decay(
 
 
 @dataclass(frozen=True)
-class SetCoefficient(Rule):
+class SetCoefficient(Span):
     """Set an LR coefficient on selected layers over a span of steps / epochs.
 
     While active (from the first ``start_*`` reached, or the beginning, until the
@@ -125,40 +125,13 @@ class SetCoefficient(Rule):
     def __post_init__(self) -> None:
         object.__setattr__(self, "coefficient", _check_coefficient(self.coefficient))
         object.__setattr__(self, "patterns", tuple(normalize_patterns(self.patterns)))
-        for f in ("start_step", "start_epoch", "until_step", "until_epoch"):
-            object.__setattr__(self, f, bound_value(getattr(self, f), f"SetCoefficient {f}"))
-        for clock in ("step", "epoch"):
-            start, until = getattr(self, f"start_{clock}"), getattr(self, f"until_{clock}")
-            if start is not None and until is not None and start >= until:
-                raise ValueError(
-                    f"SetCoefficient start_{clock}={start} is not before until_{clock}={until}"
-                )
-
-    @property
-    def clocks(self) -> frozenset[str]:
-        out = set()
-        if self.start_step is not None or self.until_step is not None:
-            out.add("step")
-        if self.start_epoch is not None or self.until_epoch is not None:
-            out.add("epoch")
-        return frozenset(out)
-
-    def active(self, step: int | None = None, epoch: int | None = None) -> bool:
-        """Whether the coefficient applies at ``step`` / ``epoch``."""
-        started = (self.start_step is None and self.start_epoch is None) or (
-            reached(self.start_step, step) or reached(self.start_epoch, epoch)
-        )
-        ended = reached(self.until_step, step) or reached(self.until_epoch, epoch)
-        return started and not ended
+        self._check_span("SetCoefficient")
 
     def resolve(self, cur: Curriculum) -> list[str]:
         try:
             return exact(cur.select(list(self.patterns)))
         except ValueError as exc:
             raise ValueError(f"SetCoefficient patterns: {exc}") from None
-
-    def phase(self, step: int | None, epoch: int | None) -> bool:
-        return self.active(step, epoch)
 
     def apply_phase(self, cur: Curriculum, resolved: Any, phase: Any) -> Curriculum:
         return cur.set_lr_coefficient(self.coefficient, resolved) if phase else cur

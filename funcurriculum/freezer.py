@@ -6,12 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._rule import (
-    Rule,
-    bound_value,
+    Span,
     leaf_names,
     leaves_of,
     name_list,
-    reached,
     unknown_name_error,
 )
 from ._tree import PyTree, close_matches
@@ -21,7 +19,7 @@ Names = str | list[str] | tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
-class Freezer(Rule):
+class Freezer(Span):
     """Hold parameters frozen over a span of steps / epochs (Lighter's ``Freezer``).
 
     Selection (Lighter's arguments, same meanings, plus regex ``patterns``):
@@ -98,30 +96,12 @@ class Freezer(Rule):
             "patterns",
         ):
             object.__setattr__(self, f, name_list(getattr(self, f), f"Freezer {f}"))
-        for f in ("until_step", "until_epoch", "start_step", "start_epoch"):
-            object.__setattr__(self, f, bound_value(getattr(self, f), f"Freezer {f}"))
         if not (self.names or self.name_starts_with or self.patterns):
             raise ValueError(
                 "Freezer needs at least one of `names`, `name_starts_with` or `patterns` "
                 "(a non-empty selection)"
             )
-        for clock in ("step", "epoch"):
-            start, until = getattr(self, f"start_{clock}"), getattr(self, f"until_{clock}")
-            if start is not None and until is not None and start >= until:
-                raise ValueError(
-                    f"Freezer start_{clock}={start} is not before until_{clock}={until}: "
-                    "it would never hold anything frozen"
-                )
-
-    @property
-    def clocks(self) -> frozenset[str]:
-        """The clocks this freezer's timing reads."""
-        out = set()
-        if self.until_step is not None or self.start_step is not None:
-            out.add("step")
-        if self.until_epoch is not None or self.start_epoch is not None:
-            out.add("epoch")
-        return frozenset(out)
+        self._check_span("Freezer", ": it would never hold anything frozen")
 
     # -- selection -------------------------------------------------------------------
     def _prefix_leaves(self, cur: Curriculum, prefixes: tuple[str, ...], what: str) -> set[int]:
@@ -195,20 +175,8 @@ class Freezer(Rule):
 
     # -- timing ----------------------------------------------------------------------
     def holds(self, step: int | None = None, epoch: int | None = None) -> bool:
-        """Whether the selection is frozen at ``step`` / ``epoch``.
-
-        A bound on a clock that is not given counts as not reached (:class:`Schedule`
-        refuses such calls; see the docs).
-        """
-        starts = (self.start_step, self.start_epoch)
-        started = all(s is None for s in starts) or (
-            reached(self.start_step, step) or reached(self.start_epoch, epoch)
-        )
-        released = reached(self.until_step, step) or reached(self.until_epoch, epoch)
-        return started and not released
-
-    def phase(self, step: int | None, epoch: int | None) -> bool:
-        return self.holds(step, epoch)
+        """Whether the selection is frozen at ``step`` / ``epoch`` (see :meth:`Span.active`)."""
+        return self.active(step, epoch)
 
     def apply_phase(self, cur: Curriculum, resolved: Any, phase: Any) -> Curriculum:
         return cur._with_frozen(set(resolved), True) if phase else cur
