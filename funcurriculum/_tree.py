@@ -248,8 +248,7 @@ def align(
     got = spec_paths(spec)
     if allow_missing:
         index = dict(zip(got, leaves))
-        extra = [p for p in got if p not in set(ref_paths)]
-        if not extra and len(index) == len(got):
+        if len(index) == len(got) and index.keys() <= set(ref_paths):
             return [index.get(p) for p in ref_paths]
     elif list(got) == list(ref_paths):
         return leaves
