@@ -77,3 +77,18 @@ def summary(ts: list[float]) -> dict:
         "min_ms": round(min(ts) * 1e3, 3),
         "n": len(ts),
     }
+
+
+def paired_ratio(ta: list[float], tb: list[float], iters: int) -> float:
+    """Median over rounds of (median time of ``a`` / median time of ``b``) in that round.
+
+    ``ta`` and ``tb`` come from :func:`interleaved` (``iters`` calls per round, in round
+    order): both cases of a ratio ran within seconds of each other, so a slow drift of
+    the machine between rounds cancels out."""
+    rounds = min(len(ta), len(tb)) // max(iters, 1)
+    per_round = [
+        statistics.median(ta[k * iters : (k + 1) * iters])
+        / statistics.median(tb[k * iters : (k + 1) * iters])
+        for k in range(rounds)
+    ]
+    return statistics.median(per_round)

@@ -83,9 +83,9 @@ def main() -> None:
         holder = [params, opt.init(params, masks)]
 
         def run():
-            old = driver._WAVES, driver._OVERLAP
+            old = driver._WAVES, driver._MULTI
             driver._WAVES = engine != "clone"
-            driver._OVERLAP = engine != "serial_waves"
+            driver._MULTI = engine != "grouped"
             try:
                 if engine == "reference":
                     with driver.force_reference():
@@ -95,7 +95,7 @@ def main() -> None:
                         holder[0], grads, holder[1], masks, coeffs, donate=donate
                     )
             finally:
-                driver._WAVES, driver._OVERLAP = old
+                driver._WAVES, driver._MULTI = old
 
         return run
 
@@ -125,6 +125,20 @@ def main() -> None:
 
         return run
 
+    def copy_only():
+        # the floor of any pure update built on in-place kernels: copy params + moments
+        ps = [base[k].clone() for k in names]
+        st = opt.init(dict(zip(names, ps)))
+        holder = [ps, [[st[f][k] for k in names] for f in opt.rule.fields]]
+
+        def run():
+            holder[:] = [
+                [p.clone() for p in holder[0]],
+                [[b.clone() for b in c] for c in holder[1]],
+            ]
+
+        return run
+
     cases[f"torch_{torch_ref}"] = torch_opt(**({"fused": True} if fused_ok else {"foreach": True}))
     if args.extra:
         if fused_ok:
@@ -132,16 +146,19 @@ def main() -> None:
         cases["torch_forloop"] = torch_opt(foreach=False)
     if fused_ok:
         cases["clone_then_fused"] = clone_fused()
+    cases["copy_only"] = copy_only()
     cases["ours_donate_mixed"] = ours(all_on, mixed, donate=True)
     cases["ours_pure_mixed"] = ours(all_on, mixed)
     cases["ours_pure_mixed_clone_engine"] = ours(all_on, mixed, engine="clone")
-    cases["ours_pure_mixed_serial_waves"] = ours(all_on, mixed, engine="serial_waves")
     cases["ours_donate_one_coeff"] = ours(None, one, donate=True)
     cases["ours_donate_llrd"] = ours(None, llrd, donate=True)
     cases["ours_pure_one_coeff"] = ours(None, one)
     cases["ours_pure_llrd"] = ours(None, llrd)
     cases["ours_donate_half_frozen"] = ours(half, mixed, donate=True)
     cases["ours_pure_half_frozen"] = ours(half, mixed)
+    if dev.startswith("cuda"):  # torch's fused kernels, one launch per distinct lr
+        cases["ours_donate_llrd_grouped"] = ours(None, llrd, donate=True, engine="grouped")
+        cases["ours_pure_llrd_grouped"] = ours(None, llrd, engine="grouped")
     if args.reference:
         cases["ours_reference_mixed"] = ours(all_on, mixed, engine="reference")
 
@@ -162,21 +179,33 @@ def main() -> None:
         C.emit(meta | {"case": name} | s)
     tf = med[base_name]
 
-    def ratios_of(t):
+    def ratios_of(t, paired=False):
         def r(a, b):
+            if paired:
+                return round(C.paired_ratio(times[a], times[b], args.iters), 3)
             return round(t[a] / t[b], 3)
 
         out = {
             f"donate_vs_{base_name}": r("ours_donate_mixed", base_name),
             f"pure_vs_{base_name}": r("ours_pure_mixed", base_name),
             f"pure_clone_engine_vs_{base_name}": r("ours_pure_mixed_clone_engine", base_name),
-            f"pure_serial_waves_vs_{base_name}": r("ours_pure_mixed_serial_waves", base_name),
             "donate_half_frozen_vs_all_active": r("ours_donate_half_frozen", "ours_donate_mixed"),
             "pure_half_frozen_vs_all_active": r("ours_pure_half_frozen", "ours_pure_mixed"),
             "donate_llrd_vs_one_coeff": r("ours_donate_llrd", "ours_donate_one_coeff"),
             "pure_llrd_vs_one_coeff": r("ours_pure_llrd", "ours_pure_one_coeff"),
         }
-        for extra in ("clone_then_fused", "torch_foreach", "torch_forloop", "ours_reference_mixed"):
+        for grouped in ("donate", "pure"):
+            if f"ours_{grouped}_llrd_grouped" in t:
+                out[f"{grouped}_llrd_grouped_vs_one_coeff"] = r(
+                    f"ours_{grouped}_llrd_grouped", f"ours_{grouped}_one_coeff"
+                )
+        for extra in (
+            "copy_only",
+            "clone_then_fused",
+            "torch_foreach",
+            "torch_forloop",
+            "ours_reference_mixed",
+        ):
             if extra in t:
                 out[f"{extra}_vs_{base_name}"] = r(extra, base_name)
         return out
@@ -190,6 +219,8 @@ def main() -> None:
             "ratios": ratios_of(med),
             # the same from each case's fastest call: less sensitive to a busy machine
             "ratios_of_min": ratios_of(best),
+            # median over rounds of the ratio within a round: drift between rounds cancels
+            "ratios_paired": ratios_of(med, paired=True),
         }
     )
 

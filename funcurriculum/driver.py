@@ -6,9 +6,12 @@ tree alignment and validation, masks (frozen leaves are never read or written),
 per-leaf LR coefficients, per-leaf step counts, the lr schedule, purity and buffer
 donation, and choosing how each trainable leaf is updated:
 
+* multi (CUDA with Triton): the rule's one-launch kernel, which takes a learning rate
+  and a step count per leaf and writes to separate outputs, serves pure and donate alike
+  (see :func:`_multi_kernel`);
 * donate: torch's in-place fused kernels on the caller's buffers;
-* pure (default): fresh buffers, then the same kernels on them (on CPU in overlapped
-  cache-sized waves, see :func:`_pure_waves`; elsewhere copy, then kernel);
+* pure (default): fresh buffers, then the same kernels on them (on CPU in cache-sized
+  waves, see :func:`_pure_waves`; elsewhere copy, then kernel);
 * reference: the rule's pure per-leaf math, under ``torch.func`` transforms (``_foreach``
   / fused kernels have no batching rule), while ``torch.compile`` traces, for leaves the
   kernels cannot take (layout, dtype, device, subclasses), or inside
@@ -67,6 +70,10 @@ class LeafRule(Protocol):
         """
 
     needs_first_flag: bool
+
+    # Optional: ``multi(ps, gs, bufs, out_ps, out_bufs, counts, lrs)``, one launch for
+    # leaves of one device and dtype with a per-leaf lr / count tensor, writing to
+    # ``out_*`` (which may be the inputs). The driver uses it where Triton runs (CUDA).
 
 
 def functorch_active() -> bool:
@@ -169,7 +176,7 @@ class Optimizer:
         active = [True] * len(leaves)
         if masks is not None:
             active = [_mask_value(m, p) for m, p in zip(align(masks, spec, paths, "masks"), paths)]
-        counts = [torch.zeros((), dtype=torch.float32, device=p.device) for p in leaves]
+        counts = _zero_counts([p.device for p in leaves])
         bufs: list[list[Tensor]] = [[] for _ in self.rule.fields]
         for p, a in zip(leaves, active):
             fresh = self.rule.init(p) if a else tuple(_empty(p) for _ in self.rule.fields)
@@ -405,8 +412,11 @@ class Optimizer:
         rule = self.rule
         with torch.no_grad():
             _increment(counts, active, inplace=donate)
-            first = _first_flags(rule, active, counts)
             lr_of = {i: lr * c for i, c in zip(active, cvals)}
+            active = _multi_kernel(rule, active, lr_of, leaves, grads, cols, counts, donate)
+            if not active:
+                return
+            first = _first_flags(rule, active, counts)
             if not donate:
                 on_cpu = [i for i in active if leaves[i].is_cpu] if _WAVES else []
                 if on_cpu:
@@ -425,11 +435,76 @@ class Optimizer:
 
 # -- fast-path helpers ------------------------------------------------------------------
 
+_MULTI = True
+"""Use the rules' one-launch kernels where they run (False: torch's fused kernels only)."""
+
+_MULTI_ON_CPU = False
+"""Route CPU leaves to the rule's one-launch kernel too (tests, with Triton's interpreter)."""
+
+
+def _multi_kernel(rule, idx, lr_of, leaves, grads, cols, counts, donate) -> list[int]:
+    """Update leaves with the rule's one-launch multi-tensor kernel where it can run.
+
+    The kernel (``rule.multi``, Triton on CUDA, see ``funcurriculum/_triton_kernels.py``)
+    takes a learning rate and a step count per leaf and writes to separate output
+    buffers, so one launch per (device, dtype) serves every coefficient, pure or donated.
+    Returns the leaves it did not take (no kernel, no Triton, another device or layout).
+    """
+    multi = getattr(rule, "multi", None)
+    if not _MULTI or multi is None:
+        return idx
+    if not (_MULTI_ON_CPU or any(leaves[i].is_cuda for i in idx)):
+        return idx
+    from . import _triton_kernels as tk
+
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    rest: list[int] = []
+    ok_dev: dict[torch.device, bool] = {}
+    for i in idx:
+        p = leaves[i]
+        dev = p.device
+        if dev not in ok_dev:
+            ok_dev[dev] = (dev.type == "cuda" or (_MULTI_ON_CPU and dev.type == "cpu")) and (
+                tk.available(dev)
+            )
+        if (
+            ok_dev[dev]
+            and p.dtype in tk._DTYPES
+            and p.is_contiguous()
+            and grads[i].is_contiguous()
+            and all(b[i].is_contiguous() for b in cols)
+        ):
+            groups.setdefault((dev, p.dtype), []).append(i)
+        else:
+            rest.append(i)
+    for (dev, _dtype), g in groups.items():
+        ps = [leaves[i] for i in g]
+        bufs = [[b[i] for i in g] for b in cols]
+        if donate:
+            out_ps, out_bufs = ps, bufs
+        else:
+            out_ps = [torch.empty_like(p) for p in ps]
+            out_bufs = [[torch.empty_like(t) for t in col] for col in bufs]
+        # float64 rates: the kernel then sees a Python-float lr exactly, as torch's does
+        lrs = [lr_of[i] for i in g]
+        if any(isinstance(x, Tensor) for x in lrs):
+            lr_t = torch.stack([torch.as_tensor(x, dtype=torch.float64).to(dev) for x in lrs])
+        else:
+            lr_t = torch.tensor(lrs, dtype=torch.float64, device=dev)
+        count_t = torch.stack([counts[i].to(dev, torch.float32) for i in g])
+        multi(ps, [grads[i] for i in g], bufs, out_ps, out_bufs, count_t, lr_t)
+        for k, i in enumerate(g):
+            leaves[i] = out_ps[k] if donate else _keep_flag(out_ps[k], ps[k])
+            for b, col in zip(cols, out_bufs):
+                b[i] = col[k]
+    return rest
+
+
 _FORCE_REFERENCE = False
 """When True every update takes the portable reference path (see :func:`force_reference`)."""
 
 _WAVES = True
-"""Pure CPU updates write fresh buffers wave by wave (cache-sized) instead of clone + update."""
+"""Pure CPU updates clone and update wave by wave (cache-sized) instead of clone all, then update."""
 
 WAVE_ELEMS = 1 << 20
 """Elements per wave of the pure CPU engine (each wave's working set stays in cache)."""
@@ -494,6 +569,42 @@ def _same_layout(p: Tensor, g: Tensor, cols: list[list[Any]], i: int) -> bool:
     return g.stride() == st and all(c[i].stride() == st for c in cols)
 
 
+def _zero_counts(devices: Sequence[torch.device]) -> list[Tensor]:
+    """Per-leaf float32 0-d zero counts: views of one tensor per device, so that
+    :func:`_increment` can add 1 to many of them with one call."""
+    out: list[Any] = [None] * len(devices)
+    by_dev: dict[torch.device, list[int]] = {}
+    for i, d in enumerate(devices):
+        by_dev.setdefault(d, []).append(i)
+    for d, idx in by_dev.items():
+        for i, t in zip(idx, torch.zeros(len(idx), dtype=torch.float32, device=d).unbind()):
+            out[i] = t
+    return out
+
+
+def _add_one_(ts: list[Tensor]) -> None:
+    """``t += 1`` for every 0-d tensor of ``ts`` (one device), in place.
+
+    Counts from :meth:`Optimizer.init` or a pure update are views of one 1-D tensor: then
+    one ``add_`` (all of them) or ``index_add_`` (a subset) does it; else ``_foreach_add_``
+    (about 1.5 us per tensor on CPU, more for views).
+    """
+    base = ts[0]._base
+    if base is not None and base.dim() == 1 and base.stride(0) == 1:
+        start = base.storage_offset()
+        offs = [t.storage_offset() - start for t in ts if t._base is base and t.dtype == base.dtype]
+        if len(offs) == len(ts) and len(set(offs)) == len(offs):
+            if len(offs) == base.numel():
+                base.add_(1)
+            else:
+                index = torch.tensor(offs, dtype=torch.int64).to(base.device)
+                base.index_add_(
+                    0, index, torch.ones(len(offs), dtype=base.dtype, device=base.device)
+                )
+            return
+    torch._foreach_add_(ts, 1.0)
+
+
 def _increment(counts: list[Tensor], active: list[int], inplace: bool) -> None:
     """Add 1 to the counts of ``active`` leaves with a few batched calls per device."""
     by_dev: dict[torch.device, list[int]] = {}
@@ -502,7 +613,7 @@ def _increment(counts: list[Tensor], active: list[int], inplace: bool) -> None:
     for idx in by_dev.values():
         ts = [counts[i] for i in idx]
         if inplace:
-            torch._foreach_add_(ts, 1.0)
+            _add_one_(ts)
         elif all(t.dtype == ts[0].dtype and t.dim() == 0 for t in ts):
             # one stack + add: the new counts are views of one small tensor
             for i, t in zip(idx, (torch.stack(ts) + 1).unbind()):
@@ -547,55 +658,20 @@ def _call_fused(rule, key, idx, leaves, grads, cols, counts, lr_of) -> None:
 def _pure_waves(rule, idx, lr_of, first, leaves, grads, cols, counts) -> None:
     """Pure update of CPU leaves ``idx`` into fresh buffers, one cache-sized wave at a time.
 
-    Each wave copies its slices of params and moments into the new buffers, then runs the
-    in-place kernel on those slices. With ``_OVERLAP`` a helper thread copies wave ``k + 1``
-    while the kernel runs on wave ``k`` (the copy is memory-bound, the kernel mostly
-    compute-bound on CPU, so the two overlap).
+    A wave is a run of leaves (or flat slices of one big leaf) of about ``WAVE_ELEMS``
+    elements: their params and moments are cloned, then torch's in-place kernel updates
+    the clones while they are still in cache. Everything runs on the caller's thread
+    (a helper copy thread was tried: it left a second OpenMP team competing for the
+    cores and slowed every later torch op in the process, see docs/performance.md).
     """
     wave = max(int(WAVE_ELEMS), 1)
-    cpu = torch.device("cpu")
     nb = len(cols)
-    waves: list[tuple[list[Tensor], list[Tensor], list[tuple[int, list[Tensor]]]]] = []
-    src: list[Tensor] = []
-    dst: list[Tensor] = []
-    pieces: list[tuple[int, list[Tensor]]] = []
+    batch: list[tuple[int, list[Tensor]]] = []  # (leaf, [new_p, g, *new_bufs])
     size = 0
-    for i in idx:
-        p, g = leaves[i], grads[i]
-        olds = [b[i] for b in cols]
-        new_p = torch.empty_like(p)
-        news = [torch.empty_like(b) for b in olds]
-        split = (
-            p.numel() > wave
-            and p.is_contiguous()
-            and g.is_contiguous()
-            and new_p.is_contiguous()
-            and all(t.is_contiguous() for t in olds)
-            and all(t.is_contiguous() for t in news)
-        )
-        if split:
-            chunks = list(zip(*(t.view(-1).split(wave) for t in (p, g, *olds, new_p, *news))))
-        else:
-            chunks = [(p, g, *olds, new_p, *news)]
-        for ch in chunks:
-            src.append(ch[0])
-            src.extend(ch[2 : 2 + nb])
-            dst.append(ch[2 + nb])
-            dst.extend(ch[3 + nb :])
-            pieces.append((i, [ch[2 + nb], ch[1], *ch[3 + nb :]]))
-            size += ch[0].numel()
-            if size >= wave:
-                waves.append((dst, src, pieces))
-                src, dst, pieces, size = [], [], [], 0
-        leaves[i] = _keep_flag(new_p, p)
-        for b, t in zip(cols, news):
-            b[i] = t
-    if pieces:
-        waves.append((dst, src, pieces))
 
-    def update(w) -> None:
+    def flush() -> None:
         groups: dict[Any, list[tuple[int, list[Tensor]]]] = {}
-        for i, ts in w[2]:
+        for i, ts in batch:
             key = (ts[0].dtype, _lr_key(lr_of[i], i), first.get(i, False))
             groups.setdefault(key, []).append((i, ts))
         for (_dtype, lr_key, fst), items in groups.items():
@@ -604,44 +680,43 @@ def _pure_waves(rule, idx, lr_of, first, leaves, grads, cols, counts) -> None:
                 [ts[1] for _, ts in items],
                 [[ts[2 + b] for _, ts in items] for b in range(nb)],
                 [counts[i] for i, _ in items],
-                _lr_arg(lr_key, lr_of, cpu),
+                _lr_arg(lr_key, lr_of, _CPU),
                 fst,
             )
+        batch.clear()
 
-    if not (_OVERLAP and len(waves) > 1 and torch.get_num_threads() > 1):
-        for w in waves:
-            torch._foreach_copy_(w[0], w[1])
-            update(w)
-        return
-    pool = _copier()
-    pending = pool.submit(_copy_wave, waves[0])
-    try:
-        for k, w in enumerate(waves):
-            pending.result()
-            if k + 1 < len(waves):
-                pending = pool.submit(_copy_wave, waves[k + 1])
-            update(w)
-    finally:
-        pending.result()  # never leave a copy running behind the caller's back
+    for i in idx:
+        p, g = leaves[i], grads[i]
+        olds = [b[i] for b in cols]
+        if p.numel() > wave and p.is_contiguous() and g.is_contiguous():
+            # a big leaf: fresh buffers, then copy + update one flat slice at a time
+            new_p = torch.empty_like(p, memory_format=torch.contiguous_format)
+            news = [torch.empty_like(b, memory_format=torch.contiguous_format) for b in olds]
+            if size:
+                flush()
+                size = 0
+            flat = [t.view(-1).split(wave) for t in (p, g, *olds, new_p, *news)]
+            for ch in zip(*flat):
+                src, dst = [ch[0], *ch[2 : 2 + nb]], [ch[2 + nb], *ch[3 + nb :]]
+                torch._foreach_copy_(dst, src)
+                batch.append((i, [dst[0], ch[1], *dst[1:]]))
+                flush()
+        else:
+            new_p = p.clone()
+            news = [b.clone() for b in olds]
+            batch.append((i, [new_p, g, *news]))
+            size += p.numel()
+            if size >= wave:
+                flush()
+                size = 0
+        leaves[i] = _keep_flag(new_p, p)
+        for b, t in zip(cols, news):
+            b[i] = t
+    if batch:
+        flush()
 
 
-_OVERLAP = True
-"""Pure CPU waves: copy the next wave on a helper thread while the kernel runs."""
-
-_COPIER: list[Any] = []
-
-
-def _copier() -> Any:
-    if not _COPIER:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _COPIER.append(ThreadPoolExecutor(1, thread_name_prefix="funcurriculum-copy"))
-    return _COPIER[0]
-
-
-def _copy_wave(w) -> None:
-    with torch.no_grad():  # grad mode is thread-local: the helper thread starts with it on
-        torch._foreach_copy_(w[0], w[1])
+_CPU = torch.device("cpu")
 
 
 def _first_flags(

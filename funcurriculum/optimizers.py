@@ -53,6 +53,23 @@ class SGDRule:
             bufs = (buf,)
         return p - lr * g, bufs
 
+    def multi(self, ps, gs, bufs, out_ps, out_bufs, counts, lrs):
+        from ._triton_kernels import sgd_multi
+
+        sgd_multi(
+            ps,
+            gs,
+            bufs[0] if bufs else [],
+            out_ps,
+            out_bufs[0] if out_bufs else [],
+            counts,
+            lrs,
+            momentum=self.momentum,
+            dampening=self.dampening,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+        )
+
     def fused(self, ps, gs, bufs, counts, lr, first):
         torch._fused_sgd_(
             ps,
@@ -99,6 +116,26 @@ class AdamRule:
         bc2 = 1 - self.beta2**c
         denom = v.sqrt() / bc2.sqrt() + self.eps
         return p - (lr / bc1) * (m / denom), (m, v)
+
+    def multi(self, ps, gs, bufs, out_ps, out_bufs, counts, lrs):
+        from ._triton_kernels import adam_multi
+
+        adam_multi(
+            ps,
+            gs,
+            bufs[0],
+            bufs[1],
+            out_ps,
+            out_bufs[0],
+            out_bufs[1],
+            counts,
+            lrs,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            decoupled=self.decoupled,
+        )
 
     def fused(self, ps, gs, bufs, counts, lr, first):
         fn = torch._fused_adamw_ if self.decoupled else torch._fused_adam_

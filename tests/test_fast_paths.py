@@ -113,7 +113,7 @@ def assert_trees_close(a, b, **tol):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("masks", [None, HALF], ids=["all", "half_frozen"])
 @pytest.mark.parametrize("coeffs", list(COEFFS), ids=list(COEFFS))
-@pytest.mark.parametrize("mode", ["pure", "donate", "clone_engine", "serial_waves"])
+@pytest.mark.parametrize("mode", ["pure", "donate", "clone_engine", "big_waves"])
 @pytest.mark.parametrize("name", list(OPTS))
 def test_fast_equals_reference(name, mode, coeffs, masks, dtype, monkeypatch, no_reference):
     make_opt, kw = OPTS[name]
@@ -122,8 +122,8 @@ def test_fast_equals_reference(name, mode, coeffs, masks, dtype, monkeypatch, no
     ref = _reference_run(opt, params, grads, masks, COEFFS[coeffs])
     if mode == "clone_engine":
         monkeypatch.setattr(driver, "_WAVES", False)
-    if mode == "serial_waves":  # no helper-thread copies
-        monkeypatch.setattr(driver, "_OVERLAP", False)
+    if mode == "big_waves":  # one wave holds every leaf, none is split
+        monkeypatch.setattr(driver, "WAVE_ELEMS", 1 << 20)
     got = run(opt, params, grads, masks, COEFFS[coeffs], donate=mode == "donate")
     assert_trees_close(got[0], ref[0], **TOL[dtype])
     assert_trees_close(got[1], ref[1], **TOL[dtype])
@@ -511,3 +511,27 @@ def test_cuda_fast_equals_reference(name, donate):
     got = run(opt, params, grads, HALF, PER_LEAF, donate=donate)
     assert_trees_close(got[0], ref[0], **TOL[torch.float32])
     assert_trees_close(got[1], ref[1], **TOL[torch.float32])
+
+
+def test_donated_counts_take_the_batched_increment_and_stay_exact(monkeypatch):
+    """Counts made by ``init`` are views of one tensor: a donated update adds 1 with one
+    call (all leaves), or an index_add (a subset), or per tensor (mixed origins after a
+    transition); every way gives each leaf its own exact count, frozen ones untouched."""
+    calls = []
+    real = torch._foreach_add_
+    monkeypatch.setattr(torch, "_foreach_add_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    opt = fc.adam(0.1)
+    params = {f"l{i}": torch.randn(3) for i in range(4)}
+    grads = {k: torch.ones(3) for k in params}
+    half = {k: i % 2 == 0 for i, k in enumerate(params)}
+    state = opt.init(params)
+    base = state["count"]["l0"]._base
+    assert base is not None and all(c._base is base for c in state["count"].values())
+    params, state = opt.update(params, grads, state, donate=True)  # all: base.add_
+    params, state = opt.update(params, grads, state, half, donate=True)  # subset: index_add_
+    assert calls == []
+    assert [float(c) for c in state["count"].values()] == [2.0, 1.0, 2.0, 1.0]
+    state = opt.transition(state, params, half, {k: True for k in params})  # fresh l1, l3
+    params, state = opt.update(params, grads, state, donate=True)  # mixed: per tensor
+    assert calls == [1]
+    assert [float(c) for c in state["count"].values()] == [3.0, 1.0, 3.0, 1.0]
