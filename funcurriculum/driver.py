@@ -485,12 +485,15 @@ def _multi_kernel(rule, idx, lr_of, leaves, grads, cols, counts, donate) -> list
         else:
             out_ps = [torch.empty_like(p) for p in ps]
             out_bufs = [[torch.empty_like(t) for t in col] for col in bufs]
-        # float64 rates: the kernel then sees a Python-float lr exactly, as torch's does
+        # float64 rates: the kernel then sees a Python-float lr exactly, as torch's does.
+        # Host values go over with non_blocking (a blocking copy would wait for the stream).
         lrs = [lr_of[i] for i in g]
         if any(isinstance(x, Tensor) for x in lrs):
-            lr_t = torch.stack([torch.as_tensor(x, dtype=torch.float64).to(dev) for x in lrs])
+            lr_t = torch.stack(
+                [torch.as_tensor(x, dtype=torch.float64).to(dev, non_blocking=True) for x in lrs]
+            )
         else:
-            lr_t = torch.tensor(lrs, dtype=torch.float64, device=dev)
+            lr_t = torch.tensor(lrs, dtype=torch.float64).to(dev, non_blocking=True)
         count_t = torch.stack([counts[i].to(dev, torch.float32) for i in g])
         multi(ps, [grads[i] for i in g], bufs, out_ps, out_bufs, count_t, lr_t)
         for k, i in enumerate(g):
@@ -597,7 +600,8 @@ def _add_one_(ts: list[Tensor]) -> None:
             if len(offs) == base.numel():
                 base.add_(1)
             else:
-                index = torch.tensor(offs, dtype=torch.int64).to(base.device)
+                # non_blocking: a blocking host-to-device copy would wait for the stream
+                index = torch.tensor(offs, dtype=torch.int64).to(base.device, non_blocking=True)
                 base.index_add_(
                     0, index, torch.ones(len(offs), dtype=base.dtype, device=base.device)
                 )
@@ -688,7 +692,12 @@ def _pure_waves(rule, idx, lr_of, first, leaves, grads, cols, counts) -> None:
     for i in idx:
         p, g = leaves[i], grads[i]
         olds = [b[i] for b in cols]
-        if p.numel() > wave and p.is_contiguous() and g.is_contiguous():
+        if (
+            p.numel() > wave
+            and p.is_contiguous()
+            and g.is_contiguous()
+            and all(b.is_contiguous() for b in olds)
+        ):
             # a big leaf: fresh buffers, then copy + update one flat slice at a time
             new_p = torch.empty_like(p, memory_format=torch.contiguous_format)
             news = [torch.empty_like(b, memory_format=torch.contiguous_format) for b in olds]

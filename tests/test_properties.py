@@ -328,3 +328,45 @@ def test_paths_not_sorted():
     }
     assert fc.paths(flat) == list(flat)
     assert fc.layer_names(flat) == ["head", "backbone", "backbone.conv1", "backbone.bn"]
+
+
+@SETTINGS
+@given(params=params_st, opt=opt_st, data=st.data())
+def test_donated_chain_equals_pure_chain(params, opt, data):
+    """Over random phases (masks, coefficients, transitions), updating with ``donate=True``
+    gives the pure chain's params, moments, counts and step bit for bit (the in-place
+    count increments take one call, an index_add or one call per tensor depending on
+    where the counts came from), and frozen leaves keep their very tensors."""
+    n = len(leaves(params))
+    bools = st.lists(st.booleans(), min_size=n, max_size=n)
+    phases = data.draw(
+        st.lists(
+            st.tuples(bools, st.lists(coeff_st, min_size=n, max_size=n), st.integers(1, 2)),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    seed = data.draw(st.integers(0, 2**16))
+    chains = {}
+    for donate in (False, True):
+        p = like(params, [x.clone() for x in leaves(params)])
+        state = opt.init(p, like(params, phases[0][0]))
+        prev = None
+        for phase, (mask_list, coeff_list, nsteps) in enumerate(phases):
+            masks, coeffs = like(params, mask_list), like(params, coeff_list)
+            if prev is not None:
+                state = opt.transition(state, p, prev, masks)
+            for s in range(nsteps):
+                grads = random_grads(params, seed + 7 * phase + s)
+                frozen = [x for x, m in zip(leaves(p), mask_list) if not m]
+                p, state = opt.update(p, grads, state, masks, coeffs, donate=donate)
+                kept = [x for x, m in zip(leaves(p), mask_list) if not m]
+                assert all(a is b for a, b in zip(frozen, kept))
+            prev = masks
+        chains[donate] = (p, state)
+    (p0, s0), (p1, s1) = chains[False], chains[True]
+    assert all(bit_equal(a, b) for a, b in zip(leaves(p0), leaves(p1)))
+    assert set(s0) == set(s1) and int(s0["step"]) == int(s1["step"])
+    for key in s0:
+        if key != "step":
+            assert all(bit_equal(a, b) for a, b in zip(leaves(s0[key]), leaves(s1[key]))), key
