@@ -177,19 +177,19 @@ def grads_in_mode(full, masks, mode):
     return fc.partition(full, masks)[0]
 
 
+def phases_st(n):
+    """1-3 phases of (masks, coefficients, steps) for a tree of ``n`` leaves."""
+    bools = st.lists(st.booleans(), min_size=n, max_size=n)
+    coeffs = st.lists(coeff_st, min_size=n, max_size=n)
+    return st.lists(st.tuples(bools, coeffs, st.integers(1, 2)), min_size=1, max_size=3)
+
+
 # -- the properties -------------------------------------------------------------------------
 @SETTINGS
 @given(params=params_st, opt=opt_st, data=st.data())
 def test_phase_sequences_keep_invariants(params, opt, data):
     n = len(leaves(params))
-    bools = st.lists(st.booleans(), min_size=n, max_size=n)
-    phases = data.draw(
-        st.lists(
-            st.tuples(bools, st.lists(coeff_st, min_size=n, max_size=n), st.integers(1, 2)),
-            min_size=1,
-            max_size=3,
-        )
-    )
+    phases = data.draw(phases_st(n))
     seed = data.draw(st.integers(0, 2**16))
     masks0 = like(params, phases[0][0])
     state = opt.init(params, masks0)
@@ -338,14 +338,7 @@ def test_donated_chain_equals_pure_chain(params, opt, data):
     count increments take one call, an index_add or one call per tensor depending on
     where the counts came from), and frozen leaves keep their very tensors."""
     n = len(leaves(params))
-    bools = st.lists(st.booleans(), min_size=n, max_size=n)
-    phases = data.draw(
-        st.lists(
-            st.tuples(bools, st.lists(coeff_st, min_size=n, max_size=n), st.integers(1, 2)),
-            min_size=1,
-            max_size=3,
-        )
-    )
+    phases = data.draw(phases_st(n))
     seed = data.draw(st.integers(0, 2**16))
     chains = {}
     for donate in (False, True):

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+pytest.importorskip("numpy")  # Triton's interpreter runs the kernels with numpy
 
 from funcurriculum import _triton_kernels as tk  # noqa: E402
 from funcurriculum.optimizers import AdamRule, SGDRule  # noqa: E402
