@@ -92,3 +92,14 @@ def paired_ratio(ta: list[float], tb: list[float], iters: int) -> float:
         for k in range(rounds)
     ]
     return statistics.median(per_round)
+
+
+def has_fused(optim_cls: type, device: str, **hp: object) -> bool:
+    """Whether this torch has a ``fused=True`` kernel of ``optim_cls`` for ``device``."""
+    try:
+        p = torch.zeros(2, device=device, requires_grad=True)
+        p.grad = torch.zeros(2, device=device)
+        optim_cls([p], lr=1e-3, fused=True, **hp).step()
+        return True
+    except Exception:  # noqa: BLE001 (a torch without this fused kernel)
+        return False

@@ -62,16 +62,6 @@ EPS = 1e-8
 Tensors = dict[str, torch.Tensor]
 
 
-def has_fused(device: str) -> bool:
-    try:
-        p = torch.zeros(2, device=device, requires_grad=True)
-        p.grad = torch.zeros(2, device=device)
-        torch.optim.Adam([p], lr=LR, fused=True).step()
-        return True
-    except Exception:  # noqa: BLE001 (a torch without this fused kernel)
-        return False
-
-
 def optax_adam(weight_decay: float) -> optax.GradientTransformation:
     """optax's Adam with torch.optim.Adam's hyperparameters (L2 decay added to the grad)."""
     adam = optax.adam(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)
@@ -102,7 +92,7 @@ def check(base: Tensors, grads: Tensors, weight_decay: float, device: str, steps
     ps = [base[k].clone().requires_grad_(True) for k in names]
     for p, k in zip(ps, names):
         p.grad = grads[k]
-    flags = {"fused": True} if has_fused(device) else {"foreach": True}
+    flags = {"fused": True} if C.has_fused(torch.optim.Adam, device) else {"foreach": True}
     topt = torch.optim.Adam(ps, lr=LR, betas=BETAS, eps=EPS, weight_decay=weight_decay, **flags)
     tx = optax_adam(weight_decay)
     jp, jg = to_jax(base), to_jax(grads)
@@ -169,7 +159,7 @@ def main() -> None:
         return
 
     opt = fc.adam(LR, betas=BETAS, eps=EPS, weight_decay=wd)
-    fused_ok = has_fused(dev)
+    fused_ok = C.has_fused(torch.optim.Adam, dev)
     base_name = "torch_fused" if fused_ok else "torch_foreach"
 
     def torch_case() -> Callable[[], None]:

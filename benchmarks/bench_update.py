@@ -32,16 +32,6 @@ TORCH = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.opti
 LR = 1e-3
 
 
-def has_fused(opt: str, device: str) -> bool:
-    try:
-        p = torch.zeros(2, device=device, requires_grad=True)
-        p.grad = torch.zeros(2, device=device)
-        TORCH[opt]([p], lr=LR, fused=True, **HP[opt]).step()
-        return True
-    except Exception:  # noqa: BLE001 (a torch without this fused kernel)
-        return False
-
-
 def main() -> None:
     ap = C.base_parser(__doc__.splitlines()[0])
     ap.add_argument("--opt", choices=sorted(OURS), default="adam")
@@ -73,7 +63,7 @@ def main() -> None:
     mixed = {k: 0.5 ** (i % args.groups) for i, k in enumerate(names)}
     llrd = {k: 0.9 ** (L - 1 - i) for i, k in enumerate(names)}
     opt = OURS[args.opt](LR, **HP[args.opt])
-    fused_ok = has_fused(args.opt, dev)
+    fused_ok = C.has_fused(TORCH[args.opt], dev, **HP[args.opt])
     torch_ref = "fused" if fused_ok else "foreach"
 
     cases = {}
