@@ -146,6 +146,18 @@ def main() -> None:
     cases["ours_pure_llrd"] = ours(None, llrd)
     cases["ours_donate_half_frozen"] = ours(half, mixed, donate=True)
     cases["ours_pure_half_frozen"] = ours(half, mixed)
+
+    def transition():
+        # unfreeze half the leaves: fresh moments for them, every other leaf passed through
+        params = {k: v.clone() for k, v in base.items()}
+        state = opt.init(params, half)
+
+        def run():
+            opt.transition(state, params, half, all_on)
+
+        return run
+
+    cases["ours_transition_half"] = transition()
     if dev.startswith("cuda"):  # torch's fused kernels, one launch per distinct lr
         cases["ours_donate_llrd_grouped"] = ours(None, llrd, donate=True, engine="grouped")
         cases["ours_pure_llrd_grouped"] = ours(None, llrd, engine="grouped")
@@ -183,6 +195,7 @@ def main() -> None:
             "pure_half_frozen_vs_all_active": r("ours_pure_half_frozen", "ours_pure_mixed"),
             "donate_llrd_vs_one_coeff": r("ours_donate_llrd", "ours_donate_one_coeff"),
             "pure_llrd_vs_one_coeff": r("ours_pure_llrd", "ours_pure_one_coeff"),
+            "transition_half_vs_donate_step": r("ours_transition_half", "ours_donate_mixed"),
         }
         for grouped in ("donate", "pure"):
             if f"ours_{grouped}_llrd_grouped" in t:
