@@ -429,8 +429,7 @@ class Optimizer:
                     leaves[i] = _keep_flag(leaves[i].clone(), leaves[i])
                     for b in cols:
                         b[i] = b[i].clone()
-            for key, idx in _lr_groups(active, lr_of, first, leaves).items():
-                _call_fused(rule, key, idx, leaves, grads, cols, counts, lr_of)
+            _fused_calls(rule, active, lr_of, first, counts, leaves, grads, cols)
 
 
 # -- fast-path helpers ------------------------------------------------------------------
@@ -637,26 +636,25 @@ def _lr_arg(lr_key: Any, lr_of: dict[int, Any], device: torch.device) -> float |
     return float(lr_key)
 
 
-def _lr_groups(idx, lr_of, first, leaves) -> dict[Any, list[int]]:
-    """Leaves sharing one kernel call: same device, dtype, lr value and first-step flag."""
+def _fused_calls(rule, idx, lr_of, first, counts, ps, gs, cols) -> None:
+    """``rule.fused`` on leaves ``idx`` (``ps[i]``, ``gs[i]``, ``col[i]`` for each state
+    column: lists, or dicts keyed by leaf), one call per group sharing device, dtype,
+    lr value and first-step flag."""
     groups: dict[Any, list[int]] = {}
     for i in idx:
-        p = leaves[i]
-        key = (p.device, p.dtype, _lr_key(lr_of[i], i), first.get(i, False))
-        groups.setdefault(key, []).append(i)
-    return groups
-
-
-def _call_fused(rule, key, idx, leaves, grads, cols, counts, lr_of) -> None:
-    device, _dtype, lr_key, first = key
-    rule.fused(
-        [leaves[i] for i in idx],
-        [grads[i] for i in idx],
-        [[b[i] for i in idx] for b in cols],
-        [counts[i] for i in idx],
-        _lr_arg(lr_key, lr_of, device),
-        first,
-    )
+        p = ps[i]
+        groups.setdefault(
+            (p.device, p.dtype, _lr_key(lr_of[i], i), first.get(i, False)), []
+        ).append(i)
+    for (device, _dtype, lr_key, fst), g in groups.items():
+        rule.fused(
+            [ps[i] for i in g],
+            [gs[i] for i in g],
+            [[b[i] for i in g] for b in cols],
+            [counts[i] for i in g],
+            _lr_arg(lr_key, lr_of, device),
+            fst,
+        )
 
 
 def _pure_waves(rule, idx, lr_of, first, leaves, grads, cols, counts) -> None:
@@ -670,24 +668,24 @@ def _pure_waves(rule, idx, lr_of, first, leaves, grads, cols, counts) -> None:
     """
     wave = max(int(WAVE_ELEMS), 1)
     nb = len(cols)
-    batch: list[tuple[int, list[Tensor]]] = []  # (leaf, [new_p, g, *new_bufs])
+    # the pending wave: its leaves' tensors to update in place (slices of a big leaf go
+    # one at a time, so a leaf is never twice in a wave)
+    new_ps: dict[int, Tensor] = {}
+    gs: dict[int, Tensor] = {}
+    new_bufs: list[dict[int, Tensor]] = [{} for _ in cols]
     size = 0
 
     def flush() -> None:
-        groups: dict[Any, list[tuple[int, list[Tensor]]]] = {}
-        for i, ts in batch:
-            key = (ts[0].dtype, _lr_key(lr_of[i], i), first.get(i, False))
-            groups.setdefault(key, []).append((i, ts))
-        for (_dtype, lr_key, fst), items in groups.items():
-            rule.fused(
-                [ts[0] for _, ts in items],
-                [ts[1] for _, ts in items],
-                [[ts[2 + b] for _, ts in items] for b in range(nb)],
-                [counts[i] for i, _ in items],
-                _lr_arg(lr_key, lr_of, _CPU),
-                fst,
-            )
-        batch.clear()
+        _fused_calls(rule, list(new_ps), lr_of, first, counts, new_ps, gs, new_bufs)
+        new_ps.clear()
+        gs.clear()
+        for d in new_bufs:
+            d.clear()
+
+    def add(i: int, p: Tensor, g: Tensor, bufs: Sequence[Tensor]) -> None:
+        new_ps[i], gs[i] = p, g
+        for d, t in zip(new_bufs, bufs):
+            d[i] = t
 
     for i in idx:
         p, g = leaves[i], grads[i]
@@ -701,19 +699,18 @@ def _pure_waves(rule, idx, lr_of, first, leaves, grads, cols, counts) -> None:
             # a big leaf: fresh buffers, then copy + update one flat slice at a time
             new_p = torch.empty_like(p, memory_format=torch.contiguous_format)
             news = [torch.empty_like(b, memory_format=torch.contiguous_format) for b in olds]
-            if size:
-                flush()
-                size = 0
+            flush()
+            size = 0
             flat = [t.view(-1).split(wave) for t in (p, g, *olds, new_p, *news)]
             for ch in zip(*flat):
                 src, dst = [ch[0], *ch[2 : 2 + nb]], [ch[2 + nb], *ch[3 + nb :]]
                 torch._foreach_copy_(dst, src)
-                batch.append((i, [dst[0], ch[1], *dst[1:]]))
+                add(i, dst[0], ch[1], dst[1:])
                 flush()
         else:
             new_p = p.clone()
             news = [b.clone() for b in olds]
-            batch.append((i, [new_p, g, *news]))
+            add(i, new_p, g, news)
             size += p.numel()
             if size >= wave:
                 flush()
@@ -721,11 +718,7 @@ def _pure_waves(rule, idx, lr_of, first, leaves, grads, cols, counts) -> None:
         leaves[i] = _keep_flag(new_p, p)
         for b, t in zip(cols, news):
             b[i] = t
-    if batch:
-        flush()
-
-
-_CPU = torch.device("cpu")
+    flush()
 
 
 def _first_flags(
