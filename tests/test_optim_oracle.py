@@ -344,6 +344,24 @@ SCHEDULES = {
 }
 
 
+def _run_against_lambda_lr(name, kw, sched, params, coeffs, grads):
+    """Our optimizer with lr schedule ``sched`` and torch's with one param group per leaf
+    (lr = the leaf's coefficient) under ``LambdaLR(sched)``, stepped on the same grads.
+    Returns our params and state, torch's params and optimizer."""
+    tp = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    topt = TORCH[name]([{"params": [tp[k]], "lr": coeffs[k]} for k in tp], foreach=False, **kw)
+    lambda_lr = torch.optim.lr_scheduler.LambdaLR(topt, sched)
+    opt = getattr(fc, name)(sched, **kw)
+    state = opt.init(params)
+    for g in grads:
+        params, state = opt.update(params, g, state, None, coeffs)
+        for k, p in tp.items():
+            p.grad = g[k].clone()
+        topt.step()
+        lambda_lr.step()
+    return params, state, tp, topt
+
+
 @pytest.mark.parametrize(
     "case", [CASES[2], CASES[5], CASES[7], CASES[9]], ids=[CASE_IDS[i] for i in (2, 5, 7, 9)]
 )
@@ -357,18 +375,9 @@ def test_schedule_matches_lambda_lr(case, sched_name):
         .set_lr_coefficient(0.5, "backbone")
         .set_lr_coefficient(0.0, "head.bias")
     )
-    coeffs = cur.coeffs
-    tp = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    topt = TORCH[name]([{"params": [tp[k]], "lr": coeffs[k]} for k in tp], foreach=False, **kw)
-    lambda_lr = torch.optim.lr_scheduler.LambdaLR(topt, sched)
-    opt = getattr(fc, name)(sched, **kw)
-    state = opt.init(params)
-    for g in make_grads(8):
-        params, state = opt.update(params, g, state, None, coeffs)
-        for k, p in tp.items():
-            p.grad = g[k].clone()
-        topt.step()
-        lambda_lr.step()
+    params, state, tp, topt = _run_against_lambda_lr(
+        name, kw, sched, params, cur.coeffs, make_grads(8)
+    )
     for k, p in tp.items():
         torch.testing.assert_close(params[k], p.detach(), rtol=RTOL, atol=ATOL)
         for key in MOMENTS[name]:
@@ -389,17 +398,9 @@ def test_callable_lr_matches_lambda_lr(case):
 
     params = make_params(3)
     coeffs = fc.Curriculum(params).set_lr_coefficient(0.25, "backbone.conv").coeffs
-    tp = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    topt = TORCH[name]([{"params": [tp[k]], "lr": coeffs[k]} for k in tp], foreach=False, **kw)
-    lambda_lr = torch.optim.lr_scheduler.LambdaLR(topt, my_lr)
-    opt = getattr(fc, name)(my_lr, **kw)
-    state = opt.init(params)
-    for g in make_grads(6, seed=4):
-        params, state = opt.update(params, g, state, None, coeffs)
-        for k, p in tp.items():
-            p.grad = g[k].clone()
-        topt.step()
-        lambda_lr.step()
+    params, _, tp, _ = _run_against_lambda_lr(
+        name, kw, my_lr, params, coeffs, make_grads(6, seed=4)
+    )
     for k, p in tp.items():
         torch.testing.assert_close(params[k], p.detach(), rtol=RTOL, atol=ATOL)
 
