@@ -10,14 +10,21 @@ from . import models as models
 from ._rule import Rule
 from ._select import select_layers
 from ._tree import layer_names, paths
+from .chain import Chain, chain
 from .checkpoint import checkpoint_files, latest_checkpoint, load, save
-from .clip import clip_by_global_norm, global_norm, with_clipping
+from .clip import (
+    clip_by_global_norm,
+    clip_grad_norm,
+    clip_grad_value,
+    global_norm,
+    with_clipping,
+)
 from .coefficients import SetCoefficient, layer_decay
 from .curriculum import Curriculum
 from .driver import LeafRule, Optimizer
 from .freezer import Freezer
 from .gradual import GradualUnfreeze
-from .guard import SkipNonFinite, all_finite, skip_nonfinite
+from .guard import SkipNonFinite, all_finite, nonfinite_guard, skip_nonfinite
 from .inspection import plot_schedule, summary
 from .lr_schedules import constant, cosine, join, linear_warmup, step_lr
 from .modules import (
@@ -42,6 +49,7 @@ from .training_state import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chain",
     "Curriculum",
     "LeafRule",
     "Optimizer",
@@ -50,7 +58,10 @@ __all__ = [
     "adam",
     "adamw",
     "all_finite",
+    "chain",
     "checkpoint_files",
+    "clip_grad_norm",
+    "clip_grad_value",
     "clip_by_global_norm",
     "combine",
     "constant",
@@ -62,6 +73,7 @@ __all__ = [
     "linear_warmup",
     "load",
     "load_training_state",
+    "nonfinite_guard",
     "partition",
     "paths",
     "rng_state",

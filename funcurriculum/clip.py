@@ -1,13 +1,15 @@
-"""Masked gradient transforms: global norm and global-norm clipping over trainable leaves.
+"""Masked gradient clipping: the global norm, clip-by-norm and clip-by-value transforms.
 
-A frozen leaf's gradient (computed anyway, e.g. without :func:`~funcurriculum.partition`)
-never enters the norm and is returned untouched, so freezing a layer cannot shrink
-the steps of the layers that train (the bug class of clipping the whole gradient
-tree in optax-based trainers). ``None`` leaves and leaves absent from a
-``partition`` part are skipped the same way.
+A frozen leaf's gradient (computed anyway, e.g. without `partition`) never enters the
+norm and is returned untouched, so freezing a layer cannot shrink the steps of the
+layers that train (the bug class of clipping the whole gradient tree in optax-based
+trainers). ``None`` leaves and leaves absent from a ``partition`` part are skipped the
+same way. Gradients keep their dtypes (torch's in-place ``clip_grad_norm_`` semantics).
 
-Both functions are pure and free of data-dependent Python control flow, so they
-run under ``torch.func.vmap`` (per-member norms) and ``torch.func.grad``.
+Everything here is pure and free of data-dependent Python control flow, so it runs
+under ``torch.func.vmap`` (per-member norms, per-member dynamic masks) and
+``torch.func.grad``. `clip_grad_norm` and `clip_grad_value` are gradient transforms
+for [chain][funcurriculum.chain]; `with_clipping` is ``chain(clip_grad_norm(m), opt)``.
 """
 
 from __future__ import annotations
@@ -18,35 +20,41 @@ from typing import Any
 
 import torch
 
+from ._masks import Flag, mask_flag
 from ._tree import PyTree, align, flatten, spec_paths, unflatten
-from .driver import _mask_value, functorch_active
+from .driver import functorch_active
 
 Tensor = torch.Tensor
 
 
-def _counted(grads: PyTree, masks: PyTree | None) -> tuple[list[Any], Any, list[int]]:
-    """Leaves of ``grads``, their spec, and the indices of those that count."""
+def _counted(grads: PyTree, masks: PyTree | None) -> tuple[list[Any], Any, list[int], list[Flag]]:
+    """Leaves of ``grads``, their spec, the indices of those that count and their flags.
+
+    A flag is ``True`` (static) or a 0-d bool tensor (a dynamic mask: the leaf counts
+    where it is True, selected with ``torch.where``).
+    """
     leaves, spec = flatten(grads)
     paths = spec_paths(spec)
     if masks is None:
-        flags = [True] * len(leaves)
+        flags: list[Flag] = [True] * len(leaves)
     else:
         m_leaves, m_spec = flatten(masks)
         m_paths = spec_paths(m_spec)
         # grads may be the full tree or a partition part (a sub-tree of the masks' paths).
         aligned = align(grads, m_spec, m_paths, "grads", allow_missing=True)
         by_path = {
-            p: _mask_value(m, p) for p, m, g in zip(m_paths, m_leaves, aligned) if g is not None
+            p: mask_flag(m, p) for p, m, g in zip(m_paths, m_leaves, aligned) if g is not None
         }
         flags = [by_path.get(p, False) for p in paths]
-    idx = []
+    idx, dyn = [], []
     for i, (p, g, f) in enumerate(zip(paths, leaves, flags)):
-        if not f or g is None:
+        if f is False or g is None:
             continue
         if not isinstance(g, Tensor):
             raise TypeError(f"grad at {p!r} is a {type(g).__name__}, expected a tensor or None")
         idx.append(i)
-    return leaves, spec, idx
+        dyn.append(f)
+    return leaves, spec, idx, dyn
 
 
 def _check_norm_type(norm_type: float) -> float:
@@ -58,34 +66,52 @@ def _check_norm_type(norm_type: float) -> float:
     return norm_type
 
 
-def _check_max_norm(max_norm: Any) -> None:
-    if isinstance(max_norm, Tensor):
-        if max_norm.numel() != 1 and not functorch_active():
-            raise ValueError(f"max_norm must be a scalar, got shape {tuple(max_norm.shape)}")
-    elif isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
-        raise TypeError(f"max_norm must be a number or a tensor, got {max_norm!r}")
-    elif not (math.isfinite(max_norm) and max_norm > 0):
-        raise ValueError(f"max_norm must be finite and > 0, got {max_norm}")
+def _check_bound(value: Any, name: str) -> None:
+    if isinstance(value, Tensor):
+        if value.numel() != 1 and not functorch_active():
+            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
+    elif not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
 
 
-def _total_norm(gs: list[Tensor], norm_type: float) -> Tensor:
+def _by_device(leaves: list[Tensor], idx: list[int]) -> dict[torch.device, list[int]]:
+    groups: dict[torch.device, list[int]] = {}
+    for i in idx:
+        groups.setdefault(leaves[i].device, []).append(i)
+    return groups
+
+
+def _foreach_ok(gs: list[Tensor]) -> bool:
+    return not functorch_active() and all(
+        type(g) is Tensor and g.device.type in ("cpu", "cuda") for g in gs
+    )
+
+
+def _total_norm(gs: list[Tensor], dyn: list[Flag], norm_type: float) -> Tensor:
     if not gs:
         return torch.zeros(())
-    if functorch_active() or not all(
-        type(g) is Tensor and g.device.type in ("cpu", "cuda") for g in gs
-    ):
+    if not _foreach_ok(gs):
         norms = [torch.linalg.vector_norm(g, norm_type) for g in gs]
     else:
         # Same grouping as torch.nn.utils.clip_grad_norm_ (per device, foreach norms).
-        by_device: dict[torch.device, list[int]] = {}
-        for i, g in enumerate(gs):
-            by_device.setdefault(g.device, []).append(i)
         norms = [None] * len(gs)
-        for idx in by_device.values():
+        for idx in _by_device(gs, list(range(len(gs)))).values():
             for i, n in zip(idx, torch._foreach_norm([gs[i] for i in idx], norm_type)):
                 norms[i] = n
     first = gs[0].device
+    # A dynamically frozen leaf adds 0: nothing to a p-norm, nothing to the max norm.
+    norms = [n if f is True else torch.where(f.to(n.device), n, 0) for n, f in zip(norms, dyn)]
     return torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]), norm_type)
+
+
+def _same_dtype(new: Tensor, old: Tensor) -> Tensor:
+    return new if new.dtype == old.dtype else new.to(old.dtype)
+
+
+def _select(flag: Flag, new: Tensor, old: Tensor) -> Tensor:
+    return new if flag is True else torch.where(flag.to(new.device), new, old)
 
 
 def global_norm(grads: PyTree, masks: PyTree | None = None, *, norm_type: float = 2.0) -> Tensor:
@@ -93,9 +119,10 @@ def global_norm(grads: PyTree, masks: PyTree | None = None, *, norm_type: float 
 
     Args:
       grads: gradient pytree (``None`` leaves allowed), or the trainable part from
-        :func:`~funcurriculum.partition`.
-      masks: bool pytree with the params' structure (True = trainable); frozen
-        leaves do not count. ``None``: every non-``None`` leaf counts.
+        [partition][funcurriculum.partition].
+      masks: bool pytree with the params' structure (True = trainable; bool tensors
+        allowed, per member under ``vmap``); frozen leaves do not count. ``None``:
+        every non-``None`` leaf counts.
       norm_type: the p of the p-norm (``float("inf")`` for the max norm).
 
     Returns:
@@ -109,8 +136,30 @@ def global_norm(grads: PyTree, masks: PyTree | None = None, *, norm_type: float 
       tensor(5.)
     """
     norm_type = _check_norm_type(norm_type)
-    leaves, _, idx = _counted(grads, masks)
-    return _total_norm([leaves[i] for i in idx], norm_type)
+    leaves, _, idx, dyn = _counted(grads, masks)
+    return _total_norm([leaves[i] for i in idx], dyn, norm_type)
+
+
+def _clip_norm(grads, max_norm, masks, norm_type) -> tuple[PyTree, Tensor]:
+    leaves, spec, idx, dyn = _counted(grads, masks)
+    gs = [leaves[i] for i in idx]
+    total = _total_norm(gs, dyn, norm_type)
+    if not gs:
+        return unflatten(spec, leaves), total
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    out = list(leaves)
+    if not _foreach_ok(gs):
+        scaled = {i: leaves[i] * coef.to(leaves[i].device) for i in idx}
+    else:
+        scaled = {}
+        for device, group in _by_device(leaves, idx).items():
+            for i, s in zip(group, torch._foreach_mul([leaves[i] for i in group], coef.to(device))):
+                scaled[i] = s
+    for i, f in zip(idx, dyn):
+        # torch scales in place, so a grad keeps its dtype (a 0-d bfloat16 grad times a
+        # 0-d float32 coefficient would otherwise come back float32).
+        out[i] = _select(f, _same_dtype(scaled[i], leaves[i]), leaves[i])
+    return unflatten(spec, out), total
 
 
 def clip_by_global_norm(
@@ -123,10 +172,11 @@ def clip_by_global_norm(
     """Scale the trainable gradients so that their global norm is at most ``max_norm``.
 
     torch's rule (``torch.nn.utils.clip_grad_norm_``): every counted gradient is
-    multiplied by ``min(max_norm / (norm + 1e-6), 1)``. Frozen, ``None`` and absent
-    leaves are neither counted nor scaled (returned as the same objects). Pure: the
-    input is not modified. A non-finite norm makes the scaled gradients non-finite,
-    as in torch; pair with :func:`~funcurriculum.skip_nonfinite` to skip such steps.
+    multiplied by ``min(max_norm / (norm + 1e-6), 1)`` and keeps its dtype. Frozen,
+    ``None`` and absent leaves are neither counted nor scaled (returned as the same
+    objects). Pure: the input is not modified. A non-finite norm makes the scaled
+    gradients non-finite, as in torch; pair with
+    [skip_nonfinite][funcurriculum.skip_nonfinite] to skip such steps.
 
     Args:
       grads: gradient pytree (``None`` leaves allowed) or a ``partition`` part.
@@ -146,84 +196,141 @@ def clip_by_global_norm(
       (tensor(5.), tensor([0.6000, 0.8000]), True)
     """
     norm_type = _check_norm_type(norm_type)
-    _check_max_norm(max_norm)
-    leaves, spec, idx = _counted(grads, masks)
-    gs = [leaves[i] for i in idx]
-    total = _total_norm(gs, norm_type)
-    if not gs:
-        return unflatten(spec, leaves), total
-    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    out = list(leaves)
-    if functorch_active():
-        for i in idx:
-            out[i] = leaves[i] * coef.to(leaves[i].device)
-    else:
-        by_device: dict[torch.device, list[int]] = {}
-        for i in idx:
-            by_device.setdefault(leaves[i].device, []).append(i)
-        for device, group in by_device.items():
-            scaled = torch._foreach_mul([leaves[i] for i in group], coef.to(device))
-            for i, s in zip(group, scaled):
-                out[i] = s
-    return unflatten(spec, out), total
+    _check_bound(max_norm, "max_norm")
+    return _clip_norm(grads, max_norm, masks, norm_type)
 
 
-class WithClipping:
-    """An optimizer whose ``update`` first clips the trainable grads (see :func:`with_clipping`)."""
+class ClipGradNorm:
+    """Gradient transform: clip the trainable grads' global norm (see `clip_grad_norm`).
 
-    def __init__(self, opt: Any, max_norm: float | Tensor, norm_type: float):
-        _check_max_norm(max_norm)
-        self.inner = opt
+    State: the last update's norm before clipping, a 0-d float32 tensor stored in the
+    chain's state under ``"grad_norm"`` (a metric to log).
+    """
+
+    state_key = "grad_norm"
+
+    def __init__(self, max_norm: float | Tensor, norm_type: float = 2.0):
+        _check_bound(max_norm, "max_norm")
         self.max_norm = max_norm
         self.norm_type = _check_norm_type(norm_type)
 
     def __repr__(self) -> str:
-        return f"with_clipping({self.inner!r}, max_norm={self.max_norm!r})"
+        extra = "" if self.norm_type == 2.0 else f", norm_type={self.norm_type!r}"
+        return f"clip_grad_norm({self.max_norm!r}{extra})"
 
-    def __getattr__(self, name: str) -> Any:  # lr, rule, name... of the wrapped optimizer
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    def init(self, params: PyTree, masks: PyTree | None = None) -> Tensor:
+        """A zero norm (0-d float32)."""
+        return torch.zeros(())
 
-    def init(self, params: PyTree, masks: PyTree | None = None) -> dict[str, Any]:
-        state = dict(self.inner.init(params, masks))
-        if "grad_norm" in state:
-            raise ValueError("the wrapped optimizer's state already has a 'grad_norm' entry")
-        state["grad_norm"] = torch.zeros(())
-        return state
-
-    def update(self, params, grads, state, masks=None, coeffs=None, *, donate=False):
-        if not isinstance(state, dict) or "grad_norm" not in state:
-            raise ValueError("state lacks 'grad_norm': was it made by this optimizer's init?")
-        clipped, norm = clip_by_global_norm(grads, self.max_norm, masks, norm_type=self.norm_type)
-        inner = {k: v for k, v in state.items() if k != "grad_norm"}
-        new_params, new_state = self.inner.update(
-            params, clipped, inner, masks, coeffs, donate=donate
-        )
-        new_state = dict(new_state)
-        new_state["grad_norm"] = norm.to(state["grad_norm"].dtype)
-        return new_params, new_state
-
-    def transition(self, state, params, old_masks, new_masks):
-        inner = {k: v for k, v in state.items() if k != "grad_norm"}
-        out = dict(self.inner.transition(inner, params, old_masks, new_masks))
-        out["grad_norm"] = state["grad_norm"]
-        return out
+    def update(
+        self, grads: PyTree, state: Tensor, params: PyTree, masks: PyTree | None = None
+    ) -> tuple[PyTree, Tensor]:
+        """The clipped grads and the norm before clipping."""
+        clipped, norm = _clip_norm(grads, self.max_norm, masks, self.norm_type)
+        return clipped, norm.to(state.dtype)
 
 
-def with_clipping(opt: Any, max_norm: float | Tensor, *, norm_type: float = 2.0) -> WithClipping:
-    """Wrap an optimizer so that each ``update`` clips the trainable grads first.
+class ClipGradValue:
+    """Gradient transform: clamp every trainable grad to ``[-clip_value, clip_value]``.
 
-    Same ``init`` / ``update`` / ``transition`` interface; the state gains
-    ``"grad_norm"`` (the last update's norm before clipping, a metric to log).
+    Stateless (it adds no entry to the chain's state). See `clip_grad_value`.
+    """
+
+    state_key = None
+
+    def __init__(self, clip_value: float | Tensor):
+        _check_bound(clip_value, "clip_value")
+        self.clip_value = clip_value
+
+    def __repr__(self) -> str:
+        return f"clip_grad_value({self.clip_value!r})"
+
+    def init(self, params: PyTree, masks: PyTree | None = None) -> None:
+        """No state."""
+        return None
+
+    def update(
+        self, grads: PyTree, state: None, params: PyTree, masks: PyTree | None = None
+    ) -> tuple[PyTree, None]:
+        """The clamped grads (same dtypes, frozen leaves untouched)."""
+        leaves, spec, idx, dyn = _counted(grads, masks)
+        v = self.clip_value
+        out = list(leaves)
+        for i, f in zip(idx, dyn):
+            g = leaves[i]
+            if isinstance(v, Tensor):
+                b = v.to(g.device)
+                new = torch.minimum(torch.maximum(g, -b), b)
+            else:
+                new = g.clamp(-v, v)
+            out[i] = _select(f, _same_dtype(new, g), g)
+        return unflatten(spec, out), None
+
+
+def clip_grad_norm(max_norm: float | Tensor, norm_type: float = 2.0) -> ClipGradNorm:
+    """Gradient transform with ``torch.nn.utils.clip_grad_norm_``'s semantics.
+
+    For [chain][funcurriculum.chain]: the trainable grads are scaled by
+    ``min(max_norm / (norm + 1e-6), 1)``, where ``norm`` is their global norm; frozen
+    leaves neither count nor change, grads keep their dtypes. The chain's state gains
+    ``"grad_norm"``: the last norm before clipping. Unlike torch there is no
+    ``error_if_nonfinite`` (it cannot raise under ``vmap``): add
+    [nonfinite_guard][funcurriculum.nonfinite_guard] to the chain instead.
 
     Args:
-      opt: an optimizer (``fc.adam(...)``, another wrapper...).
-      max_norm: as in :func:`clip_by_global_norm`.
+      max_norm: the bound: a number > 0, or a tensor (e.g. one per vmapped member).
+      norm_type: the p of the p-norm (``float("inf")`` for the max norm).
+
+    Returns:
+      A transform (``init`` / ``update``).
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> opt = fc.chain(fc.clip_grad_norm(1.0), fc.sgd(1.0))
+      >>> p = {"w": torch.zeros(2)}
+      >>> p, s = opt.update(p, {"w": torch.tensor([3.0, 4.0])}, opt.init(p))
+      >>> p["w"], s["grad_norm"]
+      (tensor([-0.6000, -0.8000]), tensor(5.))
+    """
+    return ClipGradNorm(max_norm, norm_type)
+
+
+def clip_grad_value(clip_value: float | Tensor) -> ClipGradValue:
+    """Gradient transform with ``torch.nn.utils.clip_grad_value_``'s semantics.
+
+    For [chain][funcurriculum.chain]: every trainable grad is clamped to
+    ``[-clip_value, clip_value]``; frozen leaves are untouched, dtypes kept. Stateless.
+
+    Args:
+      clip_value: the bound: a number > 0, or a tensor (e.g. one per vmapped member).
+
+    Returns:
+      A transform (``init`` / ``update``).
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> opt = fc.chain(fc.clip_grad_value(0.5), fc.sgd(1.0))
+      >>> p = {"w": torch.zeros(2)}
+      >>> opt.update(p, {"w": torch.tensor([3.0, -0.25])}, opt.init(p))[0]["w"]
+      tensor([-0.5000,  0.2500])
+    """
+    return ClipGradValue(clip_value)
+
+
+def with_clipping(opt: Any, max_norm: float | Tensor, *, norm_type: float = 2.0) -> Any:
+    """Make each ``update`` of ``opt`` clip the trainable grads first.
+
+    Exactly ``fc.chain(fc.clip_grad_norm(max_norm, norm_type), opt)``: same ``init`` /
+    ``update`` / ``transition``; the state gains ``"grad_norm"`` (the last update's
+    norm before clipping, a metric to log).
+
+    Args:
+      opt: an optimizer (``fc.adam(...)``, a chain...).
+      max_norm: as in `clip_by_global_norm`.
       norm_type: the p of the p-norm.
 
     Returns:
-      The wrapped optimizer.
+      The chain.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -233,4 +340,6 @@ def with_clipping(opt: Any, max_norm: float | Tensor, *, norm_type: float = 2.0)
       >>> p["w"], s["grad_norm"]
       (tensor([-0.6000, -0.8000]), tensor(5.))
     """
-    return WithClipping(opt, max_norm, norm_type)
+    from .chain import chain
+
+    return chain(ClipGradNorm(max_norm, norm_type), opt)

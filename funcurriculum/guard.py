@@ -1,9 +1,10 @@
 """Non-finite guard: skip an update whose trainable gradients hold NaN or inf.
 
-Like ``torch.amp.GradScaler``'s skipped steps: the params and the optimizer state come
-back unchanged and a counter in the state records the skip. Only trainable leaves are
-checked; a NaN in a frozen leaf's gradient (which the update never reads) does not
-skip the step.
+Like ``torch.amp.GradScaler``'s skipped steps: the params and the whole optimizer state
+come back unchanged and a counter in the state records the skip. Only trainable leaves
+are checked; a NaN in a frozen leaf's gradient (which the update never reads) does not
+skip the step. The guard is a *gate* of [chain][funcurriculum.chain]
+(`nonfinite_guard`); `skip_nonfinite` is ``chain(nonfinite_guard(), opt)``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import Any
 
 import torch
 
-from ._tree import PyTree, flatten
+from ._tree import PyTree
 from .clip import _counted
-from .driver import functorch_active
 
 Tensor = torch.Tensor
 
@@ -24,7 +24,8 @@ def all_finite(grads: PyTree, masks: PyTree | None = None) -> Tensor:
 
     Args:
       grads: gradient pytree (``None`` leaves allowed) or a ``partition`` part.
-      masks: bool pytree (True = trainable); frozen leaves are not checked.
+      masks: bool pytree (True = trainable; bool tensors allowed, per member under
+        ``vmap``); frozen leaves are not checked.
 
     Returns:
       A 0-d bool tensor (batched per member under ``vmap``); True when nothing counts.
@@ -35,8 +36,11 @@ def all_finite(grads: PyTree, masks: PyTree | None = None) -> Tensor:
       >>> bool(fc.all_finite(g)), bool(fc.all_finite(g, {"body": False, "head": True}))
       (False, True)
     """
-    leaves, _, idx = _counted(grads, masks)
-    flags = [torch.isfinite(leaves[i]).all() for i in idx]
+    leaves, _, idx, dyn = _counted(grads, masks)
+    flags = []
+    for i, f in zip(idx, dyn):
+        ok = torch.isfinite(leaves[i]).all()
+        flags.append(ok if f is True else ok | ~f.to(ok.device))
     if not flags:
         return torch.ones((), dtype=torch.bool)
     if len(flags) == 1:
@@ -45,116 +49,70 @@ def all_finite(grads: PyTree, masks: PyTree | None = None) -> Tensor:
     return torch.stack([f.to(first) for f in flags]).all()
 
 
-class SkipNonFinite:
-    """An optimizer that skips updates with non-finite trainable grads.
+class NonFiniteGuard:
+    """Chain gate: skip the whole step when a trainable grad is NaN or inf.
 
-    Built by :func:`skip_nonfinite`; same ``init`` / ``update`` / ``transition``
-    interface as the wrapped optimizer. The state gains ``"skipped"``, a 0-d int64
-    tensor counting skipped updates (per member under ``vmap``).
+    Built by `nonfinite_guard`. Its state is a 0-d int64 counter of skipped updates,
+    stored in the chain's state under ``"skipped"`` (per member under ``vmap``).
+    """
 
-    Args:
-      opt: the wrapped optimizer.
+    state_key = "skipped"
+
+    def __repr__(self) -> str:
+        return "nonfinite_guard()"
+
+    def init(self, params: PyTree, masks: PyTree | None = None) -> Tensor:
+        """A zero counter (0-d int64)."""
+        return torch.zeros((), dtype=torch.int64)
+
+    def gate(
+        self, grads: PyTree, state: Tensor, params: PyTree, masks: PyTree | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(ok, new_state)``: whether the step goes ahead, and the counter after it."""
+        ok = all_finite(grads, masks)
+        return ok, state + (~ok).to(device=state.device, dtype=state.dtype)
+
+    def update(
+        self, grads: PyTree, state: Tensor, params: PyTree, masks: PyTree | None = None
+    ) -> tuple[PyTree, Tensor]:
+        """The transform view (outside a chain): grads unchanged, the counter advanced."""
+        return grads, self.gate(grads, state, params, masks)[1]
+
+
+def nonfinite_guard() -> NonFiniteGuard:
+    """A [chain][funcurriculum.chain] gate that skips steps with NaN / inf trainable grads.
+
+    When a trainable grad that reaches the guard is not finite, the chain's update
+    returns the params and the whole state unchanged (outside ``torch.func``
+    transforms: the very same tensors; under ``vmap``: per member, by ``torch.where``)
+    and adds 1 to ``state["skipped"]``. The global step does not advance, so the lr
+    schedule does not move either. Placed first it checks the raw grads.
+
+    Returns:
+      The gate (a transform with ``init`` / ``update`` and a ``gate`` method).
 
     Example:
       >>> import torch, funcurriculum as fc
-      >>> opt = fc.SkipNonFinite(fc.adam(0.1))
-      >>> sorted(opt.init({"w": torch.zeros(2)}))
-      ['count', 'exp_avg', 'exp_avg_sq', 'skipped', 'step']
+      >>> opt = fc.chain(fc.nonfinite_guard(), fc.clip_grad_norm(1.0), fc.sgd(0.1))
+      >>> p = {"w": torch.ones(2)}
+      >>> p2, s = opt.update(p, {"w": torch.tensor([1.0, float("inf")])}, opt.init(p))
+      >>> p2 is p, int(s["skipped"]), int(s["step"])
+      (True, 1, 0)
     """
-
-    def __init__(self, opt: Any):
-        self.inner = opt
-
-    def __repr__(self) -> str:
-        return f"skip_nonfinite({self.inner!r})"
-
-    def __getattr__(self, name: str) -> Any:  # lr, rule, name... of the wrapped optimizer
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    @staticmethod
-    def _split(state: Any) -> tuple[dict[str, Any], Tensor]:
-        if not isinstance(state, dict) or "skipped" not in state:
-            raise ValueError("state lacks 'skipped': was it made by skip_nonfinite(opt).init?")
-        return {k: v for k, v in state.items() if k != "skipped"}, state["skipped"]
-
-    def init(self, params: PyTree, masks: PyTree | None = None) -> dict[str, Any]:
-        """The wrapped optimizer's state plus ``"skipped": 0``."""
-        state = dict(self.inner.init(params, masks))
-        if "skipped" in state:
-            raise ValueError("the wrapped optimizer's state already has a 'skipped' entry")
-        state["skipped"] = torch.zeros((), dtype=torch.int64)
-        return state
-
-    def update(
-        self,
-        params: PyTree,
-        grads: PyTree,
-        state: dict[str, Any],
-        masks: PyTree | None = None,
-        coeffs: PyTree | None = None,
-        *,
-        donate: bool = False,
-    ) -> tuple[PyTree, dict[str, Any]]:
-        """The wrapped update, or (non-finite trainable grads) no change and ``skipped + 1``.
-
-        Outside ``torch.func`` transforms a skipped step returns the very same params
-        and state tensors (only ``"skipped"`` is new). Under ``vmap`` each member is
-        selected with ``torch.where``: members with finite grads update, the others
-        keep bit-identical params and state.
-        """
-        inner, skipped = self._split(state)
-        ok = all_finite(grads, masks)
-        if not functorch_active():
-            if not bool(ok):
-                out = dict(state)
-                out["skipped"] = skipped + 1
-                return params, out
-            new_params, new_inner = self.inner.update(
-                params, grads, inner, masks, coeffs, donate=donate
-            )
-            out = dict(new_inner)
-            out["skipped"] = skipped
-            return new_params, out
-        # Under a transform: compute the update and select per member, no Python branching.
-        new_params, new_inner = self.inner.update(params, grads, inner, masks, coeffs)
-        out = dict(_select(ok, new_inner, inner))
-        out["skipped"] = skipped + (~ok).to(skipped.dtype)
-        return _select(ok, new_params, params), out
-
-    def transition(
-        self, state: dict[str, Any], params: PyTree, old_masks: PyTree, new_masks: PyTree
-    ) -> dict[str, Any]:
-        """The wrapped transition; ``"skipped"`` carries over."""
-        inner, skipped = self._split(state)
-        out = dict(self.inner.transition(inner, params, old_masks, new_masks))
-        out["skipped"] = skipped
-        return out
+    return NonFiniteGuard()
 
 
-def _select(ok: Tensor, new: PyTree, old: PyTree) -> PyTree:
-    new_leaves, spec = flatten(new)
-    old_leaves, old_spec = flatten(old)
-    if spec != old_spec:  # the wrapped optimizer changed its state's structure
-        raise ValueError("skip_nonfinite: the wrapped update returned a different structure")
-    out = []
-    for n, o in zip(new_leaves, old_leaves):
-        if n is o or not isinstance(n, Tensor):
-            out.append(n)
-        else:
-            out.append(torch.where(ok.to(n.device), n, o))
-    return spec.unflatten(out)
+def skip_nonfinite(opt: Any) -> Any:
+    """Make ``opt`` skip steps whose trainable grads hold NaN or inf.
 
-
-def skip_nonfinite(opt: Any) -> SkipNonFinite:
-    """Wrap an optimizer so that steps with NaN / inf trainable grads are skipped.
+    Exactly ``fc.chain(fc.nonfinite_guard(), opt)``: same ``init`` / ``update`` /
+    ``transition``; the state gains ``"skipped"`` (a 0-d int64 count of skipped steps).
 
     Args:
-      opt: an optimizer (``fc.adam(...)``, :func:`~funcurriculum.with_clipping`...).
+      opt: an optimizer (``fc.adam(...)``, `with_clipping` ...).
 
     Returns:
-      A :class:`SkipNonFinite` with the same ``init`` / ``update`` / ``transition``.
+      The chain.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -165,4 +123,10 @@ def skip_nonfinite(opt: Any) -> SkipNonFinite:
       >>> p2 is p, int(s["skipped"]), int(s["step"])
       (True, 1, 0)
     """
-    return SkipNonFinite(opt)
+    from .chain import chain
+
+    return chain(NonFiniteGuard(), opt)
+
+
+SkipNonFinite = skip_nonfinite
+"""Former wrapper class name, kept as an alias of `skip_nonfinite`."""
