@@ -34,6 +34,7 @@ from .modules import (
     merge_buffers,
     shield_buffers,
 )
+from .multi import MultiOptimizer, labels_by_pattern, multi_optimizer
 from .optimizers import adam, adamw, sgd
 from .partition import combine, partition
 from .schedule import Schedule, apply_transition, describe_change
@@ -71,9 +72,12 @@ __all__ = [
     "latest_checkpoint",
     "layer_names",
     "linear_warmup",
+    "labels_by_pattern",
     "load",
     "load_training_state",
     "nonfinite_guard",
+    "multi_optimizer",
+    "MultiOptimizer",
     "partition",
     "paths",
     "rng_state",
