@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._validate import compiling
+
 _ENTRIES: dict[str, tuple[Callable[[Sequence[Any]], bool], Callable[..., Any]]] = {}
 
 # torch module whose tensors need an engine -> the funcurriculum module registering it
@@ -29,9 +31,10 @@ def register(name: str, claims: Callable[[Sequence[Any]], bool], update: Callabl
 
 def find(leaves: Sequence[Any]) -> Callable[..., Any] | None:
     """The tree engine claiming ``leaves``, if any (cheap when none is needed)."""
-    for torch_mod, ours in _LAZY.items():
-        if torch_mod in sys.modules and ours not in sys.modules:
-            importlib.import_module(ours)
+    if not compiling():  # (an import cannot be traced; eager calls register it first)
+        for torch_mod, ours in _LAZY.items():
+            if torch_mod in sys.modules and ours not in sys.modules:
+                importlib.import_module(ours)
     for claims, update in _ENTRIES.values():
         if claims(leaves):
             return update
