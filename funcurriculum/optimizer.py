@@ -377,32 +377,43 @@ class Optimizer:
         if engine == "reference":
             reference.run(job, transformed=transformed, incremented=not traced, dyn=dyn)
             return
+        for name, idx in self.route(
+            job.rule, job.idx, job.leaves, job.grads, job.cols, plain, engine
+        ):
+            sub = dataclasses.replace(job, idx=idx)
+            if name == "triton":
+                triton.run(sub)
+            elif name == "fused":
+                fused.run(sub)
+            elif name == "generic":
+                generic.run(sub, elementwise=self.elementwise)
+            else:
+                reference.run(sub, transformed=False, incremented=True, dyn={})
+
+    def route(self, rule, idx, leaves, grads, cols, plain, engine) -> list[tuple[str, list[int]]]:
+        """Which engine takes each of the (eager, validated) leaves ``idx``."""
         k = self.kernels
-        if engine != "generic" and k is not None and (k.inplace or k.multi):
-            ok = [
-                i for i in job.idx if i in plain and (k.accepts is None or k.accepts(job.leaves[i]))
-            ]
-            rest = [i for i in job.idx if i not in set(ok)]
-            if ok and k.multi is not None and engine in ("auto", "triton"):
-                on_cpu = engine == "triton"
-                if on_cpu or any(job.leaves[i].is_cuda for i in ok):
-                    ok = triton.run(dataclasses.replace(job, idx=ok), on_cpu=on_cpu)
-            if ok and k.inplace is not None:
-                fused.run(dataclasses.replace(job, idx=ok))
-            elif ok:
-                rest = ok + rest
-            job = dataclasses.replace(job, idx=rest)
-        if not job.idx:
-            return
-        chunked = [i for i in job.idx if i in plain]
-        if chunked:
-            generic.run(dataclasses.replace(job, idx=chunked), elementwise=self.elementwise)
-        others = [i for i in job.idx if i not in plain]
-        if others:
-            reference.run(
-                dataclasses.replace(job, idx=others),
-                transformed=False, incremented=True, dyn={},
-            )  # fmt: skip
+        out: dict[str, list[int]] = {"triton": [], "fused": [], "generic": [], "reference": []}
+        devices: dict[Any, bool] = {}
+        for i in idx:
+            p = leaves[i]
+            if i not in plain:
+                out["reference"].append(i)
+                continue
+            if engine == "generic" or k is None or (k.accepts is not None and not k.accepts(p)):
+                out["generic"].append(i)
+                continue
+            if k.multi is not None and engine in ("auto", "triton"):
+                key = (p.device, p.dtype)
+                if key not in devices:
+                    devices[key] = triton.usable(p.device, on_cpu=engine == "triton") and (
+                        engine == "triton" or triton.verified(rule, k, p.device, p.dtype)
+                    )
+                if devices[key] and triton.accepts(p, grads[i], [c[i] for c in cols]):
+                    out["triton"].append(i)
+                    continue
+            out["fused" if k.inplace is not None else "generic"].append(i)
+        return [(name, ix) for name, ix in out.items() if ix]
 
     def _by_rule(self, active: list[int], no_decay: list[bool] | None):
         if no_decay is None:

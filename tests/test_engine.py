@@ -4,6 +4,7 @@ and the checks that run before anything is written (issue #19 rows 4, 7, 8, 16).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -566,3 +567,71 @@ def test_int_bool_sparse_params_are_refused(leaf, match):
                     **{f: {**good[f], "bad.leaf": torch.zeros(3)} for f in opt.rule.fields},
                 },
             )
+
+
+# -- the one-launch kernel's probe and the selftest ----------------------------------------
+
+
+def test_unverified_triton_kernel_falls_back_with_one_warning(monkeypatch):
+    """A one-launch kernel that fails or disagrees on its first probe is not used there:
+    the leaves take torch's fused kernel, with one warning per (device, dtype, rule)."""
+    from funcurriculum.engines import triton as tr
+
+    monkeypatch.setattr(tr, "_PROBES", {})
+    monkeypatch.setattr(tr, "usable", lambda device, on_cpu: True)  # pretend CPU is CUDA
+    calls = []
+
+    def wrong(rule, ps, gs, bufs, out_ps, out_bufs, counts, lrs):
+        calls.append(len(ps))
+        for o in out_ps:
+            o.fill_(123.0)
+        for col in out_bufs:
+            for o in col:
+                o.zero_()
+
+    def raising(*a, **k):
+        raise RuntimeError("no GPU compiler")
+
+    base = fc.adam(0.1)
+    p = {"a": torch.ones(5), "b": torch.ones(7)}
+    g = {k: torch.full_like(v, 0.5) for k, v in p.items()}
+    for bad, rule in ((wrong, base.rule), (raising, dataclasses.replace(base.rule, eps=1e-7))):
+        kernels = fc.Kernels(inplace=base.kernels.inplace, multi=bad)
+        opt = fc.Optimizer(rule, 0.1, kernels=kernels, elementwise=True)
+        with fc.force_reference():
+            want, _ = opt.update(p, g, opt.init(p))
+        with pytest.warns(RuntimeWarning, match="using torch's fused kernels"):
+            got, _ = opt.update(p, g, opt.init(p))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second warning
+            got2, _ = opt.update(p, g, opt.init(p))
+        for k in p:
+            torch.testing.assert_close(got[k], want[k])
+            torch.testing.assert_close(got2[k], want[k])
+    assert calls == [3]  # only the probe ever ran the wrong kernel
+    outcomes = [(ok, d.split(" ")[0]) for ok, d in tr.probe_results().values()]
+    assert outcomes == [(False, "disagrees"), (False, "failed")]
+
+
+def test_triton_probe_agrees_in_the_interpreter():
+    pytest.importorskip("triton")
+    from funcurriculum import _triton_kernels as tk
+    from funcurriculum.engines import triton as tr
+
+    if not tk.available("cpu"):
+        pytest.skip("Triton's CPU interpreter is not available")
+    opt = fc.adam(0.1)
+    ok, detail = tr._probe(opt.rule, opt.kernels, torch.device("cpu"), torch.float32)
+    assert ok, detail
+
+
+def test_selftest_reports_every_optimizer(capsys):
+    from funcurriculum import selftest
+
+    assert selftest.main([]) == 0
+    out = capsys.readouterr().out
+    assert "all engines agree" in out
+    for name in ("sgd", "adam", "adamw"):
+        assert f"\n{name} " in out
