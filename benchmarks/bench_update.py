@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import funcurriculum as fc  # noqa: E402
-from funcurriculum import driver  # noqa: E402
+from funcurriculum.optimizer import WAVE_ELEMS  # noqa: E402
 
 HP = {
     "adam": dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
@@ -39,13 +39,13 @@ def main() -> None:
     ap.add_argument("--leaves", type=int, default=100)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--groups", type=int, default=4, help="distinct coefficients, 'mixed' case")
-    ap.add_argument("--wave", type=int, default=0, help="driver.WAVE_ELEMS (0: default)")
+    ap.add_argument("--wave", type=int, default=0, help="Optimizer(wave_elems=) (0: default)")
     ap.add_argument("--reference", action="store_true", help="also time the reference path")
     ap.add_argument("--extra", action="store_true", help="also time foreach / for-loop torch")
+    ap.add_argument("--generic", action="store_true", help="also time the kernel-free engine")
     args = ap.parse_args()
     C.setup(args)
-    if args.wave:
-        driver.WAVE_ELEMS = args.wave
+    wave = args.wave or WAVE_ELEMS
     dev, dtype = args.device, getattr(torch, args.dtype)
     L = args.leaves
     n = int(args.params) // L
@@ -62,30 +62,24 @@ def main() -> None:
     one = {k: 1.0 for k in names}
     mixed = {k: 0.5 ** (i % args.groups) for i, k in enumerate(names)}
     llrd = {k: 0.9 ** (L - 1 - i) for i, k in enumerate(names)}
-    opt = OURS[args.opt](LR, **HP[args.opt])
+    opt = OURS[args.opt](LR, **HP[args.opt]).with_engine(wave_elems=wave)
     fused_ok = C.has_fused(TORCH[args.opt], dev, **HP[args.opt])
     torch_ref = "fused" if fused_ok else "foreach"
 
     cases = {}
 
     def ours(masks, coeffs, donate=False, engine="auto"):
+        # engines: "clone" = fused kernels on whole clones (no waves), "grouped" = torch's
+        # fused kernels only (no Triton), "generic" = the rule's own math, no kernels
+        o = {
+            "clone": opt.with_engine(wave_elems=0),
+            "grouped": opt.with_engine("fused"),
+        }.get(engine, opt.with_engine(engine))
         params = {k: v.clone() for k, v in base.items()}
-        holder = [params, opt.init(params, masks)]
+        holder = [params, o.init(params, masks)]
 
         def run():
-            old = driver._WAVES, driver._MULTI
-            driver._WAVES = engine != "clone"
-            driver._MULTI = engine != "grouped"
-            try:
-                if engine == "reference":
-                    with driver.force_reference():
-                        holder[:] = opt.update(*holder[:1], grads, holder[1], masks, coeffs)
-                else:
-                    holder[:] = opt.update(
-                        holder[0], grads, holder[1], masks, coeffs, donate=donate
-                    )
-            finally:
-                driver._WAVES, driver._MULTI = old
+            holder[:] = o.update(holder[0], grads, holder[1], masks, coeffs, donate=donate)
 
         return run
 
@@ -110,7 +104,9 @@ def main() -> None:
                 torch._foreach_add_(counts, 1.0)
                 ps2 = [p.clone() for p in holder[0]]
                 bufs2 = [[b.clone() for b in col] for col in holder[1]]
-                opt.rule.fused(ps2, gs, bufs2, counts, LR, False)
+                opt.kernels.inplace(
+                    opt.rule, ps2, gs, bufs2, counts, LR, first=False, maximize=False
+                )
                 holder[:] = [ps2, bufs2]
 
         return run
@@ -163,6 +159,9 @@ def main() -> None:
         cases["ours_pure_llrd_grouped"] = ours(None, llrd, engine="grouped")
     if args.reference:
         cases["ours_reference_mixed"] = ours(all_on, mixed, engine="reference")
+    if args.generic:  # the same rule without its kernels
+        cases["ours_generic_donate_mixed"] = ours(all_on, mixed, donate=True, engine="generic")
+        cases["ours_generic_pure_mixed"] = ours(all_on, mixed, engine="generic")
 
     meta = C.machine(dev) | {
         "bench": "update",
@@ -170,7 +169,7 @@ def main() -> None:
         "params": n * L,
         "leaves": L,
         "dtype": args.dtype,
-        "wave_elems": driver.WAVE_ELEMS,
+        "wave_elems": wave,
     }
     times = C.interleaved(cases, args.rounds, args.iters, dev)
     med, best = {}, {}
@@ -208,6 +207,8 @@ def main() -> None:
             "torch_foreach",
             "torch_forloop",
             "ours_reference_mixed",
+            "ours_generic_donate_mixed",
+            "ours_generic_pure_mixed",
         ):
             if extra in t:
                 out[f"{extra}_vs_{base_name}"] = r(extra, base_name)

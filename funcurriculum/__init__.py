@@ -21,11 +21,11 @@ from .clip import (
 )
 from .coefficients import SetCoefficient, layer_decay
 from .curriculum import Curriculum
-from .driver import LeafRule, Optimizer
 from .freezer import Freezer
 from .gradual import GradualUnfreeze
 from .guard import SkipNonFinite, all_finite, nonfinite_guard, skip_nonfinite
 from .inspection import plot_schedule, summary
+from .leaf_rule import Kernels, LeafRule
 from .lr_schedules import constant, cosine, join, linear_warmup, step_lr
 from .modules import (
     NORM_LAYERS,
@@ -35,6 +35,7 @@ from .modules import (
     shield_buffers,
 )
 from .multi import MultiOptimizer, labels_by_pattern, multi_optimizer
+from .optimizer import Optimizer, force_reference
 from .optimizers import adam, adamw, sgd
 from .partition import combine, partition
 from .schedule import Schedule, apply_transition, describe_change
@@ -52,7 +53,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Chain",
     "Curriculum",
+    "Kernels",
     "LeafRule",
+    "force_reference",
     "Optimizer",
     "SkipNonFinite",
     "TrainingState",

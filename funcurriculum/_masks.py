@@ -13,22 +13,24 @@ from typing import Any
 import torch
 
 from ._tree import PyTree, align
-from .driver import _mask_value
+from ._validate import compiling, functorch_active, mask_value
 
 Tensor = torch.Tensor
 Flag = bool | Tensor
 
 
 def mask_flag(m: Any, path: str) -> Flag:
-    """``True`` / ``False`` for a bool leaf, the 0-d bool tensor itself for a tensor leaf.
-
-    Anything else raises the optimizers' ``TypeError`` naming ``path``.
+    """``True`` / ``False`` for a bool leaf; for a bool tensor leaf, the tensor itself
+    under ``torch.func`` transforms or ``torch.compile`` (a dynamic mask), else the bool
+    it holds, as the optimizers read it (`funcurriculum._validate.mask_value`, which
+    also raises the ``TypeError`` / ``ValueError`` naming ``path`` for anything else).
     """
     if m is True or m is False:
         return m
-    if isinstance(m, Tensor) and m.dtype == torch.bool and m.numel() == 1:
-        return m.reshape(())
-    return _mask_value(m, path)
+    flag = mask_value(m, path, functorch_active() or compiling())
+    if isinstance(flag, Tensor) and flag.dim() != 0 and flag.numel() == 1:
+        flag = flag.reshape(())
+    return flag
 
 
 def mask_flags(masks: PyTree | None, spec: Any, paths: Sequence[str], what: str) -> list[Flag]:

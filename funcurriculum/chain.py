@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import torch
 
 from ._masks import mask_flags
-from ._tree import PyTree, _compiling, align, flatten, spec_paths, unflatten
-from .driver import functorch_active
+from ._tree import PyTree, align, flatten, spec_paths, unflatten
+from ._validate import compiling, functorch_active
 
 Tensor = torch.Tensor
 
@@ -208,7 +208,7 @@ class Chain:
         """
         inner, tstates = self._split(state)
         g = self._visible(params, grads, masks)
-        traced = functorch_active() or _compiling()
+        traced = functorch_active() or compiling()
         new_t = list(tstates)
         ok_all: Tensor | None = None
         for k, t in enumerate(self.transforms):

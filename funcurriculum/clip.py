@@ -22,7 +22,7 @@ import torch
 
 from ._masks import Flag, mask_flag
 from ._tree import PyTree, align, flatten, spec_paths, unflatten
-from .driver import functorch_active
+from ._validate import functorch_active
 
 Tensor = torch.Tensor
 

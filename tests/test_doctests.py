@@ -7,7 +7,9 @@ import importlib
 import inspect
 import pkgutil
 import re
+import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,8 @@ PAGES = [
     "docs/concepts.md",
     "docs/ensembles.md",
     "docs/migration.md",
+    "docs/custom_optimizers.md",
+    "docs/performance.md",
 ]
 _BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
 
@@ -110,14 +114,17 @@ def test_markdown_snippets_run(page, capsys):
     path = ROOT / page
     blocks = python_blocks(path.read_text())
     assert blocks, f"{page} has no python blocks"
-    namespace: dict = {"__name__": f"snippets_{path.stem}"}
+    module = types.ModuleType(f"snippets_{path.stem}")  # a real module: dataclasses need one
+    namespace = module.__dict__
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest (and fair on shared CPUs)
+    sys.modules[module.__name__] = module
     try:
         with torch.random.fork_rng():
             _run_blocks(page, blocks, namespace)
     finally:
         torch.set_num_threads(threads)
+        del sys.modules[module.__name__]
 
 
 def _run_blocks(page: str, blocks: list[str], namespace: dict) -> None:

@@ -197,3 +197,12 @@ def test_progress_bar_is_optional(name, monkeypatch):
         assert mod.progress(r, "x", enabled=False) is r
         bar = mod.progress(r, "x")
         assert bar is not r and list(bar) == [0, 1, 2]
+
+
+def test_hypergradient_lr_learns_coefficients(capsys):
+    """Hypergradients through differentiable updates lower the validation loss."""
+    res = load_example("hypergradient_lr").main(["--fast"])
+    assert set(res["coeffs"]) == {"0", "2", "4"}
+    assert res["end"] < res["start"]
+    assert any(c != 1.0 for c in res["coeffs"].values())
+    assert "learnt coefficients per layer" in capsys.readouterr().out
