@@ -392,7 +392,7 @@ def ensemble_case(rank, world):
     return fcd.gather_members(local, 5), (sl.start, sl.stop)
 
 
-def worker(scenario, rank, world, port, out):
+def worker(scenario, rank, world, port, out, scenarios=None):
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
@@ -401,7 +401,7 @@ def worker(scenario, rank, world, port, out):
         timeout=timedelta(seconds=30),
     )
     try:
-        res = globals()[f"scenario_{scenario}"](rank, world, out)
+        res = (scenarios or globals())[f"scenario_{scenario}"](rank, world, out)
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -418,11 +418,16 @@ def free_port() -> int:
 
 
 def launch(scenario, tmp, world=2):
+    return launch_file(__file__, scenario, tmp, world)
+
+
+def launch_file(path, scenario, tmp, world=2):
+    """Run ``python path scenario rank world port tmp`` on ``world`` ranks; their results."""
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, scenario, str(r), str(world), str(port), str(tmp)],
+            [sys.executable, str(path), scenario, str(r), str(world), str(port), str(tmp)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

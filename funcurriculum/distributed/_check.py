@@ -66,16 +66,22 @@ def agree(
     digest: int,
     counts: Sequence[int] = (),
     error: BaseException | None = None,
+    *,
+    parts: Sequence[tuple[str, int]] = (),
 ) -> None:
     """Check that all ranks of ``group`` hold the same ``digest`` and that none failed.
 
-    One ``all_reduce(MAX)`` of ``[digest, -digest, failed, c, -c, ...]``. Raises on every
-    rank when the digests differ (naming the spread of ``counts``, e.g. leaves / elements)
-    or when some rank hit ``error`` locally (that rank re-raises its own error).
+    One ``all_reduce(MAX)`` of ``[digest, -digest, failed, c, -c, ..., d, -d, ...]``.
+    Raises on every rank when the digests differ (naming the spread of ``counts``, e.g.
+    leaves / elements) or when some rank hit ``error`` locally (that rank re-raises its
+    own error). ``parts``: further ``(name, digest)`` pairs checked in the same call; a
+    mismatch raises ``ValueError`` naming ``name``.
     """
     vals = [digest, -digest, int(error is not None)]
     for c in counts:
         vals += [int(c), -int(c)]
+    for _, d in parts:
+        vals += [int(d), -int(d)]
     t = torch.tensor(vals, dtype=torch.int64, device=comm_device(group))
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     got = t.tolist()
@@ -85,6 +91,13 @@ def agree(
         raise RuntimeError(
             f"{who}: another rank failed with an error before communicating (see its traceback)"
         )
+    base = 3 + 2 * len(counts)
+    for k, (name, _) in enumerate(parts):
+        if got[base + 2 * k] != -got[base + 2 * k + 1] and got[0] == -got[1]:
+            raise ValueError(
+                f"{who}: ranks passed different {name} (checksum mismatch). Every rank must "
+                f"pass the same {name}."
+            )
     if got[0] != -got[1]:
         spread = ", ".join(f"{-got[3 + 2 * k + 1]}..{got[3 + 2 * k]}" for k in range(len(counts)))
         raise ValueError(

@@ -36,6 +36,23 @@ def owners(numels: list[int], trainable: list[bool], world: int) -> list[int]:
     return own
 
 
+def _coeff_digest(coeffs: PyTree | None, spec, paths, flags) -> int:
+    """Checksum of the trainable leaves' coefficients (their values, read on the host)."""
+    if coeffs is None:
+        return 0
+    keys = []
+    for c, f in zip(align(coeffs, spec, paths, "coeffs"), flags):
+        if not f:
+            keys.append("-")
+        elif isinstance(c, torch.Tensor) and c.numel() == 1:
+            keys.append(repr(float(c)))
+        elif isinstance(c, torch.Tensor):
+            keys.append(f"tensor{tuple(c.shape)}")
+        else:
+            keys.append(repr(float(c)))
+    return checksum(paths, keys, [None] * len(paths), extra="zero.coeffs")
+
+
 def _flags(masks: PyTree | None, spec, paths, what: str) -> list[bool]:
     if masks is None:
         return [True] * len(paths)
@@ -51,9 +68,14 @@ class ShardedOptimizer:
     step are kept on every rank (they are tiny), so they equal the unsharded ones.
     """
 
+    is_optimizer = True
+
     def __init__(self, opt: Optimizer, group: Any = None, bucket_cap_mb: float = DEFAULT_BUCKET_MB):
         if not isinstance(opt, Optimizer):
-            raise TypeError(f"shard_optimizer expects a funcurriculum Optimizer, got {opt!r}")
+            raise TypeError(
+                "shard_optimizer expects a funcurriculum optimizer (fc.Optimizer, a chain or "
+                f"a multi_optimizer), got {opt!r}"
+            )
         self.opt = opt
         self.group = group
         self.bucket_cap_mb = bucket_cap_mb
@@ -111,13 +133,21 @@ class ShardedOptimizer:
     ) -> tuple[PyTree, dict[str, Any]]:
         """Update the owned leaves, then broadcast them in buckets so all ranks agree.
 
-        ``grads`` must already be averaged over ranks (:func:`all_reduce_grads`). The
+        ``grads`` must already be averaged over ranks (`all_reduce_grads`). The
         result equals the unsharded optimizer's on every rank. Frozen leaves are neither
-        updated nor communicated.
+        updated nor communicated. Before anything is written, the ranks check that they
+        agree on the tree, the masks and the coefficients of the trainable leaves (each
+        rank applies its own coefficients to the leaves it owns, so a disagreement would
+        silently mix them): a mismatch raises ``ValueError`` on every rank.
 
         Args:
-          params, grads, state, masks, coeffs, donate: as
-            :meth:`funcurriculum.Optimizer.update`.
+          params: pytree of tensors, identical on every rank.
+          grads: the averaged grads (``None`` at frozen leaves allowed, or a
+            ``partition`` part).
+          state: this rank's sharded state (from `init` / a previous update).
+          masks: bool pytree, True = trainable (``None``: all), identical on every rank.
+          coeffs: per-leaf LR coefficients (``None``: all 1), identical on every rank.
+          donate: update this rank's buffers in place (see `funcurriculum.Optimizer`).
 
         Returns:
           ``(new_params, new_state)``, identical params on every rank.
@@ -125,6 +155,15 @@ class ShardedOptimizer:
         who = "shard_optimizer.update"
         world, rank, leaves, spec, paths, flags, own = self._plan(params, masks, who)
         error: BaseException | None = None
+        coef_digest = 0
+        try:
+            coef_digest = _coeff_digest(coeffs, spec, paths, flags)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        digest = checksum(paths, flags, leaves, extra="zero.update")
+        agree(
+            self.group, who, digest, (sum(flags), 0), error, parts=[("coefficients", coef_digest)]
+        )
         try:
             mine = unflatten(spec, [o == rank for o in own])
             new_params, new_state = self.opt.update(
@@ -132,8 +171,7 @@ class ShardedOptimizer:
             )
         except (TypeError, ValueError, RuntimeError) as exc:
             error = exc
-        digest = checksum(paths, flags, leaves, extra="zero.update")
-        agree(self.group, who, digest, (sum(flags), 0), error)
+        agree(self.group, who, 0, (), error)
 
         new_leaves = flatten(new_params)[0]
         counts = list(align(new_state["count"], spec, paths, "state['count']"))
@@ -234,8 +272,8 @@ class ShardedOptimizer:
 
 
 def shard_optimizer(
-    opt: Optimizer, group: Any = None, *, bucket_cap_mb: float = DEFAULT_BUCKET_MB
-) -> ShardedOptimizer:
+    opt: Any, group: Any = None, *, bucket_cap_mb: float = DEFAULT_BUCKET_MB
+) -> Any:
     """Shard ``opt``'s state over the ranks of ``group`` (ZeRO stage 1).
 
     Each rank owns a share of the trainable leaves, balanced by element count (largest
@@ -244,18 +282,47 @@ def shard_optimizer(
     broadcasts its updated leaves in buckets so all ranks end with identical params,
     equal to what ``opt`` gives unsharded. Frozen leaves are never broadcast.
 
+    Any optimizer of ours can be sharded:
+
+    * an optimizer (``fc.adam(...)``, any ``fc.Optimizer``): a `ShardedOptimizer`;
+    * a [chain][funcurriculum.chain]: the same chain around the sharded optimizer. The
+      transforms run replicated on every rank with the full masks (the grads are
+      already averaged, so every rank computes the same clipping norm and the same
+      skip decision) and their state entries stay replicated;
+    * a [multi_optimizer][funcurriculum.multi_optimizer]: each label's optimizer is
+      sharded on its own (ownership balanced within each label).
+
     Args:
-      opt: a funcurriculum optimizer (``fc.adam(...)`` etc.).
+      opt: a funcurriculum optimizer, chain or multi_optimizer.
       group: the process group (default: the world).
       bucket_cap_mb: size cap of the broadcast buckets, in MiB.
 
     Returns:
-      A :class:`ShardedOptimizer` with ``init`` / ``update`` / ``transition``.
+      An optimizer with ``init`` / ``update`` / ``transition`` (a `ShardedOptimizer`,
+      or a chain / multi_optimizer of them).
+
+    Raises:
+      TypeError: ``opt`` is not an optimizer of ours, or is already sharded.
 
     Example:
       >>> import funcurriculum as fc, funcurriculum.distributed as fcd
       >>> sharded = fcd.shard_optimizer(fc.adam(1e-3))  # needs init_process_group first
       >>> sharded
       shard_optimizer(adam(lr=0.001, AdamRule(beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0, decoupled=False, amsgrad=False)))
+      >>> fcd.shard_optimizer(fc.with_clipping(fc.sgd(0.1), 1.0))
+      chain(clip_grad_norm(1.0), shard_optimizer(sgd(lr=0.1, SGDRule(momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0))))
     """
+    from ..chain import Chain, chain
+    from ..multi import MultiOptimizer
+
+    if isinstance(opt, Chain):
+        return chain(*opt.transforms, shard_optimizer(opt.opt, group, bucket_cap_mb=bucket_cap_mb))
+    if isinstance(opt, MultiOptimizer):
+        subs = {
+            k: shard_optimizer(v, group, bucket_cap_mb=bucket_cap_mb)
+            for k, v in opt.optimizers.items()
+        }
+        return MultiOptimizer(subs, opt.labels)
+    if isinstance(opt, ShardedOptimizer):
+        raise TypeError(f"shard_optimizer: {opt!r} is already sharded")
     return ShardedOptimizer(opt, group, bucket_cap_mb)
