@@ -108,6 +108,7 @@ def ranks(tmp_path_factory):
     return td.launch_file(__file__, "compose", tmp_path_factory.mktemp("compose"))
 
 
+@pytest.mark.slow
 def test_sharded_chains_and_multi_optimizers_equal_unsharded(ranks):
     for r in ranks:
         for name in optimizers():
@@ -124,6 +125,7 @@ def test_sharded_chains_and_multi_optimizers_equal_unsharded(ranks):
     td.assert_trees_equal(ranks[0]["multi"]["got"], ranks[1]["multi"]["got"])
 
 
+@pytest.mark.slow
 def test_ranks_disagreeing_on_coefficients_raise_on_every_rank(ranks):
     for r in ranks:
         assert r["err_coeffs"].startswith("ValueError") and "coefficients" in r["err_coeffs"]
