@@ -74,9 +74,18 @@ class Chain:
     """An optimizer made of gradient transforms followed by an optimizer.
 
     Built by [chain][funcurriculum.chain]; same ``init`` / ``update`` / ``transition``
-    interface as any optimizer. Attributes: ``transforms`` (tuple, in order), ``opt``
-    (the final optimizer), ``keys`` (each transform's state entry, ``None`` when it
-    keeps none).
+    interface as any optimizer.
+
+    Attributes:
+      transforms: the gradient transforms, in order (nested chains flattened).
+      opt: the final optimizer.
+      keys: each transform's entry in the state (``None`` when it keeps none).
+
+    Example:
+      >>> import funcurriculum as fc
+      >>> opt = fc.skip_nonfinite(fc.with_clipping(fc.adam(1e-3), 1.0))
+      >>> opt.keys, opt.opt.name
+      (('skipped', 'grad_norm'), 'adam')
     """
 
     is_optimizer = True

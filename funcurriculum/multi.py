@@ -52,10 +52,20 @@ def _label_leaves(labels: PyTree, spec: Any, paths: tuple[str, ...]) -> list[Any
 
 
 class MultiOptimizer:
-    """Per-label optimizers over one params tree (see [multi_optimizer][funcurriculum.multi_optimizer]).
+    """Per-label optimizers over one params tree.
 
-    Same ``init`` / ``update`` / ``transition`` interface as any optimizer. Attributes:
-    ``optimizers`` (dict label -> optimizer), ``labels`` (the tree or callable given).
+    Built by [multi_optimizer][funcurriculum.multi_optimizer]; same ``init`` /
+    ``update`` / ``transition`` interface as any optimizer.
+
+    Attributes:
+      optimizers: dict label -> optimizer, in the order their sub-states are kept.
+      labels: the labels tree or callable given.
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> opt = fc.multi_optimizer({"a": fc.sgd(0.1), "b": fc.adam(0.1)}, {"w": "a", "v": "b"})
+      >>> opt.label_of({"w": torch.zeros(1), "v": torch.zeros(1)})
+      ['a', 'b']
     """
 
     is_optimizer = True

@@ -95,6 +95,7 @@ PAGES = [
     "docs/ensembles.md",
     "docs/migration.md",
     "docs/custom_optimizers.md",
+    "docs/composing.md",
     "docs/performance.md",
 ]
 _BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
