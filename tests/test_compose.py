@@ -494,3 +494,32 @@ def test_labels_by_pattern():
         fc.labels_by_pattern(params, {"x": "l0", "y": r".*weight"})
     with pytest.raises(ValueError, match="no pattern selects"):
         fc.labels_by_pattern(params, {"x": "l0"})
+
+
+@pytest.mark.parametrize("kind", ["chain", "multi"])
+def test_dcp_checkpoint_of_chain_and_multi_states(tmp_path, kind):
+    import funcurriculum.distributed as fcd
+
+    def make():
+        if kind == "chain":
+            return fc.skip_nonfinite(fc.with_clipping(fc.adam(0.1), 1.0))
+        return fc.multi_optimizer(
+            {"sgd": fc.with_clipping(fc.sgd(0.1, momentum=0.9), 0.5), "adam": fc.adam(0.1)},
+            muon_like_labels,
+        )
+
+    opt = make()
+    params = make_params()
+    masks = {k: k != "l1.bias" for k in SHAPES}
+    state = opt.init(params, masks)
+    for step in range(2):
+        params, state = opt.update(params, make_grads(step), state, masks)
+    fcd.save(tmp_path / "c", params, state, masks=masks)
+    back = fcd.load(tmp_path / "c", make_params(seed=5), make())
+    p1, s1 = opt.update(params, make_grads(2), state, masks)
+    p2, s2 = opt.update(back["params"], make_grads(2), back["state"], back["masks"])
+    for k in SHAPES:
+        assert torch.equal(p1[k], p2[k]), k
+    a, _ = fc._tree.flatten(s1)
+    b, _ = fc._tree.flatten(s2)
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))

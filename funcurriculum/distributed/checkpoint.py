@@ -8,6 +8,8 @@ Layout of the DCP state dict (flat string keys)::
     state/count/<path>         per-leaf counts (replicated)
     state/<field>/<path>       moment buffers, written by the ranks that hold them: under
                                ZeRO-1 only the owner; unsharded data parallel: once
+    state/<entry>              a chain transform's entry (grad_norm, skipped: replicated)
+    state/<label>/...          a multi_optimizer's sub-state per label, laid out as above
     meta                       uint8 tensor: masks, Curriculum and progress, serialised
                                code-free (``torch.save`` of plain data, loaded with
                                ``weights_only=True``)
@@ -52,14 +54,33 @@ def _meta_tensor(obj: Any) -> torch.Tensor:
     return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
 
-def _state_entries(state: dict[str, Any], spec, paths) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {"state/step": state["step"]}
-    for field, tree in state.items():
-        if field == "step":
+def _state_entries(
+    state: dict[str, Any], spec, paths, prefix: str = "state"
+) -> dict[str, torch.Tensor]:
+    """Flat DCP keys of an optimizer state (recursing into a multi_optimizer's sub-states).
+
+    A tensor entry (``step``, a chain transform's ``grad_norm`` / ``skipped``) is one key;
+    a tree shaped like the params gives one key per leaf (zero-size buffers of leaves
+    this rank does not own are left out; counts always kept); a dict of such entries
+    (one label's sub-state) recurses under its name.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, tree in state.items():
+        name = f"{prefix}/{key}"
+        if isinstance(tree, torch.Tensor):
+            out[name] = tree
             continue
-        for p, t in zip(paths, align(tree, spec, paths, f"state[{field!r}]")):
-            if field == "count" or t.numel() > 0:
-                out[f"state/{field}/{p}"] = t
+        leaves, sub_spec = flatten(tree)
+        if sub_spec == spec or list(spec_paths(sub_spec)) == list(paths):
+            for p, t in zip(paths, leaves):
+                if key == "count" or t.numel() > 0:
+                    out[f"{name}/{p}"] = t
+        elif isinstance(tree, dict):
+            out.update(_state_entries(tree, spec, paths, name))
+        else:
+            raise TypeError(
+                f"cannot checkpoint optimizer state entry {name!r}: {type(tree).__name__}"
+            )
     return out
 
 
