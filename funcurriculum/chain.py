@@ -191,6 +191,7 @@ class Chain:
         coeffs: PyTree | None = None,
         *,
         donate: bool = False,
+        engine: str | None = None,
     ) -> tuple[PyTree, dict[str, Any]]:
         """Transform the trainable grads in order, then update with the optimizer.
 
@@ -203,6 +204,8 @@ class Chain:
           coeffs: per-leaf LR coefficients, passed to the optimizer.
           donate: passed to the optimizer (its buffers are reused); with a gate under
             ``torch.func`` transforms or ``torch.compile`` the step is pure.
+          engine: passed to the optimizer when given (see `funcurriculum.Optimizer`);
+            ``None``: its own choice.
 
         Returns:
           ``(new_params, new_state)``. A gate that fails returns ``params`` itself and
@@ -216,6 +219,7 @@ class Chain:
           tensor([-0.1000, -0.0500])
         """
         inner, tstates = self._split(state)
+        kw = {} if engine is None else {"engine": engine}
         g = self._visible(params, grads, masks)
         traced = functorch_active() or compiling()
         new_t = list(tstates)
@@ -233,10 +237,12 @@ class Chain:
             else:
                 g, new_t[k] = t.update(g, tstates[k], params, masks)
         if ok_all is None:
-            new_params, new_inner = self.opt.update(params, g, inner, masks, coeffs, donate=donate)
+            new_params, new_inner = self.opt.update(
+                params, g, inner, masks, coeffs, donate=donate, **kw
+            )
             return new_params, self._join(new_inner, new_t)
         # traced with gates: compute the step, then keep it only where every gate passed
-        new_params, new_inner = self.opt.update(params, g, inner, masks, coeffs)
+        new_params, new_inner = self.opt.update(params, g, inner, masks, coeffs, **kw)
         gates = {k for k, t in enumerate(self.transforms) if _has(t, "gate")}
         kept = [s if k in gates else _select(ok_all, s, tstates[k]) for k, s in enumerate(new_t)]
         return _select(ok_all, new_params, params), self._join(

@@ -184,6 +184,7 @@ class MultiOptimizer:
         coeffs: PyTree | None = None,
         *,
         donate: bool = False,
+        engine: str | None = None,
     ) -> tuple[PyTree, dict[str, Any]]:
         """Each label's optimizer updates its own leaves (every optimizer steps).
 
@@ -195,6 +196,8 @@ class MultiOptimizer:
           masks: bool pytree, True = trainable; ``None`` = all trainable.
           coeffs: per-leaf LR coefficients (each optimizer multiplies its own lr).
           donate: passed to every sub-optimizer.
+          engine: passed to every sub-optimizer when given (see
+            `funcurriculum.Optimizer`); ``None``: each its own choice.
 
         Returns:
           ``(new_params, new_state)``.
@@ -219,11 +222,12 @@ class MultiOptimizer:
         for p, g, f in zip(paths, gs, flags):
             if f is True and g is None:
                 raise ValueError(f"grads hold no gradient for trainable leaf {p!r}")
+        kw = {} if engine is None else {"engine": engine}
         out = list(leaves)
         new_state = {}
         for name, opt in self.optimizers.items():
             new_p, new_state[name] = opt.update(
-                params, grads, state[name], sub[name], coeffs, donate=donate
+                params, grads, state[name], sub[name], coeffs, donate=donate, **kw
             )
             new_leaves = flatten(new_p)[0]
             for i, lab in enumerate(labels):
