@@ -23,6 +23,7 @@ from typing import Any
 from ._masks import mask_flags
 from ._select import Patterns, match_names, node_names
 from ._tree import PyTree, align, close_matches, flatten, prefixes, spec_paths, unflatten
+from ._validate import compiling
 
 Labels = PyTree | Callable[[PyTree], PyTree]
 
@@ -107,7 +108,8 @@ class MultiOptimizer:
 
     def _labels(self, spec: Any, params: PyTree) -> list[str]:
         static = not callable(self.labels)
-        if static and self._cache is not None and self._cache[0] == spec:
+        cache = static and not compiling()  # optree specs cannot be compared while tracing
+        if cache and self._cache is not None and self._cache[0] == spec:
             return self._cache[1]
         paths = spec_paths(spec)
         tree = self.labels if static else self.labels(params)
@@ -122,7 +124,7 @@ class MultiOptimizer:
                 raise ValueError(
                     f"label {lab!r} at {p!r} is not a key of optimizers {names}" + _hint(lab, names)
                 )
-        if static:
+        if cache:
             self._cache = (spec, out)
         return out
 

@@ -550,3 +550,36 @@ def test_multi_optimizer_with_batched_masks_per_member_and_engine_choice():
     a, _ = chained.update(params, g, chained.init(params), engine="reference")
     b, _ = chained.update(params, g, chained.init(params))
     close(a, b)
+
+
+@pytest.mark.slow
+def test_chain_and_multi_compile_without_graph_breaks():
+    """fullgraph=True: the gate selects with torch.where while tracing, labels are not cached."""
+    p = {"a": torch.randn(3, 3), "b": torch.randn(3)}
+    bad = {"a": torch.randn(3, 3), "b": torch.tensor([1.0, float("nan"), 0.0])}
+    good = {"a": torch.randn(3, 3), "b": torch.randn(3)}
+    opts = [
+        fc.chain(fc.nonfinite_guard(), fc.clip_grad_norm(1.0), fc.adam(0.1)),
+        fc.multi_optimizer(
+            {
+                "x": fc.with_clipping(fc.sgd(0.1, momentum=0.9), 1.0),
+                "y": fc.skip_nonfinite(fc.adam(0.1)),
+            },
+            {"a": "x", "b": "y"},
+        ),
+    ]
+    for opt in opts:
+        s = opt.init(p)
+        step = torch.compile(
+            lambda p, g, s, opt=opt: opt.update(p, g, s), backend="aot_eager", fullgraph=True
+        )
+        for g in (bad, good):
+            a, sa = step(p, g, s)
+            b, sb = opt.update(p, g, s)
+            for k in p:  # compiled: the reference math, eager: torch's kernels
+                torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+            la, _ = fc._tree.flatten(sa)
+            lb, _ = fc._tree.flatten(sb)
+            assert len(la) == len(lb)
+            for x, y in zip(la, lb):
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
