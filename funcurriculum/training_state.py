@@ -254,13 +254,22 @@ def _check_consistent(params: PyTree, opt_state: Any, curriculum: Any, where: st
             )
     if not isinstance(opt_state, dict):
         return  # a custom optimizer's state: stored as is, not checked
-    for key, sub in opt_state.items():
+    _check_state_trees(opt_state, ref_paths, ref, where, "opt_state")
+
+
+def _check_state_trees(state: dict, ref_paths, ref, where: str, name: str) -> None:
+    """Every per-leaf tree of an optimizer state matches the params (recursing into the
+    per-label sub-states of a multi_optimizer: dicts holding "step" / "count")."""
+    for key, sub in state.items():
         if sub is None or isinstance(sub, (torch.Tensor, numbers.Number, str)):
             continue
         paths_s, leaves_s, _ = flatten_with_paths(sub)
         if list(paths_s) != list(ref_paths):
+            if isinstance(sub, dict) and ("step" in sub or "count" in sub):
+                _check_state_trees(sub, ref_paths, ref, where, f"{name}[{key!r}]")
+                continue
             raise ValueError(
-                f"{where}: opt_state[{key!r}] does not match the params: "
+                f"{where}: {name}[{key!r}] does not match the params: "
                 + describe_mismatch(ref_paths, paths_s)
             )
         for p, s, r in zip(ref_paths, leaves_s, ref):
@@ -270,7 +279,7 @@ def _check_consistent(params: PyTree, opt_state: Any, curriculum: Any, where: st
             # 0-d, or (E,) for a vmapped ensemble: a prefix of the param's shape.
             if s.numel() != 0 and r.shape[: s.dim()] != s.shape:
                 raise ValueError(
-                    f"{where}: opt_state[{key!r}] at {p!r} has shape {tuple(s.shape)}, "
+                    f"{where}: {name}[{key!r}] at {p!r} has shape {tuple(s.shape)}, "
                     f"param has {tuple(r.shape)}"
                 )
 

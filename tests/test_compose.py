@@ -583,3 +583,24 @@ def test_chain_and_multi_compile_without_graph_breaks():
             assert len(la) == len(lb)
             for x, y in zip(la, lb):
                 torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_training_state_round_trip_of_chain_and_multi_states(tmp_path):
+    params = make_params()
+    opt = fc.chain(
+        fc.clip_grad_norm(1.0),
+        fc.multi_optimizer(
+            {"sgd": fc.sgd(0.1, momentum=0.9), "adam": fc.adam(0.1)}, muon_like_labels
+        ),
+    )
+    state = opt.init(params)
+    params, state = opt.update(params, make_grads(0), state)
+    path = fc.save_training_state(tmp_path / "t.pt", params=params, opt_state=state, step=1)
+    ts = fc.load_training_state(path, like_params=params)
+    a, _ = fc._tree.flatten(ts.opt_state)
+    b, _ = fc._tree.flatten(state)
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    # a tampered sub-state is still refused, naming where
+    bad = {**state, "adam": {**state["adam"], "exp_avg": {"l0.weight": torch.zeros(4, 3)}}}
+    with pytest.raises(ValueError, match="adam"):
+        fc.save_training_state(tmp_path / "u.pt", params=params, opt_state=bad)
