@@ -303,11 +303,14 @@ def chain(*transforms_and_opt: Any) -> Chain:
     """Gradient transforms applied in order, then an optimizer: one optimizer.
 
     ``fc.chain(t1, t2, opt)``: each ``update`` passes the trainable grads through
-    ``t1``, then ``t2``, then ``opt.update``. The transforms follow the protocol in
-    `funcurriculum.chain` (``init`` / ``update`` / optional ``transition``); the state
-    is one flat dict: ``opt``'s state plus an entry per stateful transform (e.g.
-    ``"grad_norm"``, ``"skipped"``), so it checkpoints, vmaps and shards like any
-    optimizer state. Masks, coefficients, ``donate`` and ``transition`` go through.
+    ``t1``, then ``t2``, then ``opt.update``. A transform has ``init(params, masks)``
+    and a pure ``update(grads, state, params, masks) -> (grads, state)``, optionally
+    ``transition``, a ``state_key`` naming its state entry, or a ``gate`` (see the
+    "Composing optimizers" page); it sees trainable leaves only (``None`` at leaves
+    whose mask is False). The state is one flat dict: ``opt``'s state plus an entry per
+    stateful transform (e.g. ``"grad_norm"``, ``"skipped"``), so it checkpoints, vmaps
+    and shards like any optimizer state. Masks, coefficients, ``donate`` and
+    ``transition`` go through.
 
     Args:
       *transforms_and_opt: zero or more gradient transforms, then the optimizer (last).
