@@ -9,12 +9,13 @@ skip the step. The guard is a *gate* of [chain][funcurriculum.chain]
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from ._tree import PyTree
-from .clip import _counted
+from .clip import _by_device, _counted, _foreach_ok
 
 Tensor = torch.Tensor
 
@@ -37,10 +38,17 @@ def all_finite(grads: PyTree, masks: PyTree | None = None) -> Tensor:
       (False, True)
     """
     leaves, _, idx, dyn = _counted(grads, masks)
-    flags = []
-    for i, f in zip(idx, dyn):
-        ok = torch.isfinite(leaves[i]).all()
-        flags.append(ok if f is True else ok | ~f.to(ok.device))
+    gs = [leaves[i] for i in idx]
+    if _foreach_ok(gs) and all(g.numel() for g in gs):
+        # a max-abs norm is finite exactly when every element is: one foreach call per device
+        oks: list[Any] = [None] * len(gs)
+        for group in _by_device(gs, list(range(len(gs)))).values():
+            norms = torch._foreach_norm([gs[k] for k in group], math.inf)
+            for k, n in zip(group, norms):
+                oks[k] = torch.isfinite(n)
+    else:
+        oks = [torch.isfinite(g).all() for g in gs]
+    flags = [ok if f is True else ok | ~f.to(ok.device) for ok, f in zip(oks, dyn)]
     if not flags:
         return torch.ones((), dtype=torch.bool)
     if len(flags) == 1:
