@@ -9,13 +9,12 @@ skip the step. The guard is a *gate* of [chain][funcurriculum.chain]
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from ._tree import PyTree
-from .clip import _by_device, _counted, _foreach_ok
+from .clip import _counted
 
 Tensor = torch.Tensor
 
@@ -38,16 +37,14 @@ def all_finite(grads: PyTree, masks: PyTree | None = None) -> Tensor:
       (False, True)
     """
     leaves, _, idx, dyn = _counted(grads, masks)
-    gs = [leaves[i] for i in idx]
-    if _foreach_ok(gs) and all(g.numel() for g in gs):
-        # a max-abs norm is finite exactly when every element is: one foreach call per device
-        oks: list[Any] = [None] * len(gs)
-        for group in _by_device(gs, list(range(len(gs)))).values():
-            norms = torch._foreach_norm([gs[k] for k in group], math.inf)
-            for k, n in zip(group, norms):
-                oks[k] = torch.isfinite(n)
-    else:
-        oks = [torch.isfinite(g).all() for g in gs]
+    # max |g| is finite exactly when every element is (amax propagates NaN); one
+    # reduction per leaf is several times cheaper than isfinite(g).all() on CPU
+    oks = [
+        torch.isfinite(leaves[i].abs().amax())
+        if leaves[i].numel()
+        else torch.ones((), dtype=torch.bool, device=leaves[i].device)
+        for i in idx
+    ]
     flags = [ok if f is True else ok | ~f.to(ok.device) for ok, f in zip(oks, dyn)]
     if not flags:
         return torch.ones((), dtype=torch.bool)
