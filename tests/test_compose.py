@@ -604,3 +604,11 @@ def test_training_state_round_trip_of_chain_and_multi_states(tmp_path):
     bad = {**state, "adam": {**state["adam"], "exp_avg": {"l0.weight": torch.zeros(4, 3)}}}
     with pytest.raises(ValueError, match="adam"):
         fc.save_training_state(tmp_path / "u.pt", params=params, opt_state=bad)
+
+
+def test_all_finite_edge_cases():
+    big = torch.full((3,), 3e38)  # finite, though its 2-norm overflows
+    assert bool(fc.all_finite({"a": big, "e": torch.zeros(0)}))
+    assert not bool(fc.all_finite({"a": torch.tensor([1.0, float("inf")], dtype=torch.bfloat16)}))
+    assert not bool(fc.all_finite({"c": torch.tensor([1 + 1j, complex(float("nan"), 0.0)])}))
+    assert not bool(fc.all_finite({"e": torch.zeros(0), "n": torch.tensor(float("nan"))}))
