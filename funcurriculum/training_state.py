@@ -362,7 +362,7 @@ def save_training_state(
     }
     save(target, record)
     if keep_last is not None:
-        rotate(pattern, keep_last)
+        rotate(pattern, keep_last, newest=target)
     return target
 
 
