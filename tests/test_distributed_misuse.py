@@ -220,6 +220,36 @@ def test_planted_dcp_metadata_does_not_run(tmp_path):
     assert not marker.exists()
 
 
+def test_planted_bytes_entry_is_refused_before_dcp_unpickles_it(tmp_path):
+    """DCP reads an entry declared as bytes with ``torch.load(weights_only=False)``."""
+    import io
+
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    import funcurriculum.distributed as fcd
+
+    p = make_params()
+    opt = fc.adam(0.1)
+    d = tmp_path / "ckpt"
+    fcd.save(d, p, opt.init(p))
+    with open(d / ".metadata", "rb") as f:
+        md = pickle.load(f)  # our own, trusted file
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save(_Planted(str(marker)), buf)
+    (d / "evil.distcp").write_bytes(buf.getvalue())
+    md.state_dict_metadata["state/step"] = BytesStorageMetadata()
+    md.storage_data[MetadataIndex("state/step")] = _StorageInfo(
+        relative_path="evil.distcp", offset=0, length=len(buf.getvalue())
+    )
+    with open(d / ".metadata", "wb") as f:
+        pickle.dump(md, f)
+    with pytest.raises(ValueError, match="refusing.*BytesStorageMetadata"):
+        fcd.load(d, make_params(), opt)
+    assert not marker.exists()
+
+
 def test_metadata_allow_list_reads_real_checkpoints(tmp_path):
     import funcurriculum.distributed as fcd
     from funcurriculum.distributed._dcp_meta import read_metadata

@@ -5,6 +5,11 @@
 reader here unpickles with an allow-list of exactly the classes DCP's metadata consists
 of (its dataclasses, ``torch.Size``, dtypes, layouts, paths), so any other global is
 refused before it is called.
+
+``BytesStorageMetadata`` is left out on purpose: DCP reads an entry it describes with
+``torch.load(weights_only=False)`` (``DefaultLoadPlanner.load_bytes``), i.e. a planted
+``.metadata`` declaring a key as bytes would have DCP unpickle code from the data file.
+funcurriculum checkpoints hold tensors only, so such a file is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
         (_DCP_MD, "MetadataIndex"),
         (_DCP_MD, "ChunkStorageMetadata"),
         (_DCP_MD, "TensorStorageMetadata"),
-        (_DCP_MD, "BytesStorageMetadata"),
         (_DCP_MD, "TensorProperties"),
         (_DCP_MD, "StorageMeta"),
         (_DCP_MD, "_MEM_FORMAT_ENCODING"),
