@@ -5,7 +5,9 @@ bool, None, tensors); a ``Curriculum`` is stored as a tagged dict of plain data.
 Loading uses ``torch.load(weights_only=True)``, whose unpickler admits only those
 types, so a file can never run code. Writes go to a temporary file in the target's
 directory, are fsynced, then renamed over the target (``os.replace`` is atomic on
-POSIX and Windows): a crash leaves either the old file or the new one.
+POSIX and Windows): a crash leaves either the old file or the new one. Before
+``torch.load`` reads a file, every record's size and CRC-32 are verified
+(``_record_check``), so a corrupted file is refused with a ``ValueError`` naming it.
 
 Rotation: a path *pattern* such as ``"ckpt/step{step:08d}.pt"`` names one file per
 step; :func:`checkpoint_files` lists the files a pattern matches (oldest first),

@@ -320,9 +320,11 @@ def save_training_state(
       extra: any further checkpointable data (numbers, strings, tensors, containers).
       rng: ``True`` stores :func:`rng_state` taken now; a dict stores that snapshot;
         ``False`` stores none.
-      keep_last: keep only the newest ``keep_last`` files named by the ``path``
-        pattern (needs a ``{step}`` or ``{epoch}`` field); older ones are deleted after
-        the new file is in place.
+      keep_last: keep the new file and the ``keep_last - 1`` newest files older than
+        it named by the ``path`` pattern (needs a ``{step}`` or ``{epoch}`` field);
+        the other older ones are deleted after the new file is in place. The file just
+        written is never deleted; files with higher steps (a rollback, a restart in the
+        same folder) are kept, with a warning.
 
     Returns:
       The path written.
@@ -407,8 +409,11 @@ def load_training_state(
       A :class:`TrainingState`.
 
     Raises:
-      ValueError: not a training-state file, code in the file, a mismatch with
-        ``like_params``, or an inconsistent file.
+      ValueError: naming the file, for every failure: not a training-state file, a
+        corrupted or truncated file, code in the file, a mismatch with
+        ``like_params``, an inconsistent or tampered optimizer state (negative or
+        fractional counts, a bad step, moment dtypes or shapes unlike the params), a
+        malformed curriculum or RNG entry.
 
     Example:
       >>> import os, tempfile, torch, funcurriculum as fc
