@@ -115,5 +115,11 @@ def check_tensors(obj: Any, name: str) -> None:
 
 
 def overcommitted(t: torch.Tensor) -> bool:
-    """Whether ``t`` declares more bytes than its storage holds (e.g. an ``expand`` view)."""
+    """Whether ``t`` declares more bytes than its storage holds (e.g. an ``expand`` view).
+
+    Only strided tensors have one storage to compare with (sparse tensors are validated
+    by torch's own loader).
+    """
+    if t.layout != torch.strided:
+        return False
     return t.numel() * t.element_size() > t.untyped_storage().nbytes()

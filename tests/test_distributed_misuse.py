@@ -267,5 +267,17 @@ def test_metadata_allow_list_reads_real_checkpoints(tmp_path):
     assert all(torch.equal(out["params"][k], v) for k, v in p.items())
 
 
+def test_tampered_values_in_a_dcp_checkpoint_are_refused(tmp_path):
+    import funcurriculum.distributed as fcd
+
+    p = make_params()
+    opt = fc.adam(0.1)
+    state = opt.init(p)
+    state["count"]["head.w"] = torch.tensor(-1.0)
+    fcd.save(tmp_path / "c", p, state)
+    with pytest.raises(ValueError, match=r"count.*head.w.*whole number"):
+        fcd.load(tmp_path / "c", make_params(), opt)
+
+
 if __name__ == "__main__":
     worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

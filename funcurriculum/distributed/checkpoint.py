@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from .._state_check import check_opt_state
 from .._tree import PyTree, align, flatten, spec_paths, unflatten
 from ..checkpoint import _decode, _encode
 from ..curriculum import Curriculum
@@ -214,8 +215,14 @@ def load(
     _dcp(dcp.load, blob, checkpoint_id, group, storage_reader=_load_reader(checkpoint_id))
 
     def check() -> Any:
-        raw = torch.load(io.BytesIO(blob[_META].numpy().tobytes()), weights_only=True)
-        meta = _decode(raw)
+        try:
+            raw = torch.load(io.BytesIO(blob[_META].numpy().tobytes()), weights_only=True)
+            meta = _decode(raw)
+            meta = {k: meta[k] for k in ("paths", "masks", "curriculum", "progress")}
+        except Exception as exc:  # refused globals, corrupted bytes, a malformed record
+            raise ValueError(
+                f"{name!r}: unreadable meta entry: {type(exc).__name__}: {exc}"
+            ) from None
         if list(meta["paths"]) != list(paths):
             missing = [p for p in meta["paths"] if p not in paths]
             extra = [p for p in paths if p not in meta["paths"]]
@@ -250,6 +257,8 @@ def load(
     sd = _phase(group, who, entries)
     with torch.no_grad():
         _dcp(dcp.load, sd, checkpoint_id, group, storage_reader=_load_reader(checkpoint_id))
+    # the values DCP filled in (a tampered count or step) are checked like fc.load's
+    _phase(group, who, lambda: check_opt_state(state, params, name))
     return {
         "params": params,
         "state": state,
