@@ -51,51 +51,68 @@ def check_opt_state(opt_state: Any, params: PyTree, where: str) -> None:
 
 
 def _walk(state: Any, ref: dict, ref_paths: list, where: str, name: str, top: bool) -> None:
-    if not isinstance(state, dict):
+    group = _state_group(state)
+    if group is not None:  # a list / dict of optimizer states (chains, multi-optimizers)
+        for label, sub in group:
+            _walk(sub, ref, ref_paths, where, f"{name}[{label!r}]", False)
         return
-    paths = ref_paths
-    if _is_opt_state(state):
-        paths = _check_step_count(state, ref, ref_paths, where, name, top)
+    if not isinstance(state, dict):
+        return  # a custom optimizer's state: not checked
+    opt = _is_opt_state(state)
+    paths = _check_step_count(state, ref, ref_paths, where, name, top) if opt else ref_paths
     for key, sub in state.items():
-        if key in ("step", "count") and _is_opt_state(state):
+        if opt and key in ("step", "count"):
             continue
         here = f"{name}[{key!r}]"
         if _scalar_entry(sub):
             continue
-        if _is_opt_state(sub) or (top and not _is_opt_state(state) and _nested_states(sub)):
+        if _is_opt_state(sub) or _state_group(sub) is not None:
             _walk(sub, ref, ref_paths, where, here, False)
             continue
-        sub_paths, leaves, _ = flatten_with_paths(sub)
-        if list(sub_paths) != list(paths):
-            raise ValueError(
-                f"{where}: {here} does not match the params: " + describe_mismatch(paths, sub_paths)
-            )
-        moment = _is_opt_state(state)
-        for p, s in zip(sub_paths, leaves):
-            if not isinstance(s, torch.Tensor):
-                if moment and s is not None:
-                    raise ValueError(f"{where}: {here} at {p!r} is a {type(s).__name__}")
-                continue
-            r = ref[p]
-            if moment:
-                if s.numel() != 0 and s.shape != r.shape:
-                    raise ValueError(
-                        f"{where}: {here} at {p!r} has shape {tuple(s.shape)}, param has "
-                        f"{tuple(r.shape)}"
-                    )
-                if s.dtype != r.dtype:
-                    raise ValueError(
-                        f"{where}: {here} at {p!r} has dtype {s.dtype}, param has {r.dtype}"
-                    )
-            elif s.numel() != 0 and r.shape[: s.dim()] != s.shape:
+        _check_field(sub, paths, ref, where, here, moment=opt)
+
+
+def _check_field(tree: Any, paths: list, ref: dict, where: str, here: str, moment: bool) -> None:
+    """A per-leaf tree: the paths of its state; a moment buffer has the param's dtype and
+    shape (or is empty); other per-leaf entries have a prefix of the param's shape."""
+    sub_paths, leaves, _ = flatten_with_paths(tree)
+    if list(sub_paths) != list(paths):
+        raise ValueError(
+            f"{where}: {here} does not match the params: " + describe_mismatch(paths, sub_paths)
+        )
+    for p, s in zip(sub_paths, leaves):
+        if not isinstance(s, torch.Tensor):
+            if moment and s is not None:
+                raise ValueError(f"{where}: {here} at {p!r} is a {type(s).__name__}")
+            continue
+        r = ref[p]
+        if moment:
+            if s.numel() != 0 and s.shape != r.shape:
                 raise ValueError(
                     f"{where}: {here} at {p!r} has shape {tuple(s.shape)}, param has "
                     f"{tuple(r.shape)}"
                 )
+            if s.dtype != r.dtype:
+                raise ValueError(
+                    f"{where}: {here} at {p!r} has dtype {s.dtype}, param has {r.dtype}"
+                )
+        elif s.numel() != 0 and r.shape[: s.dim()] != s.shape:
+            raise ValueError(
+                f"{where}: {here} at {p!r} has shape {tuple(s.shape)}, param has {tuple(r.shape)}"
+            )
 
 
-def _nested_states(x: Any) -> bool:
-    return isinstance(x, dict) and bool(x) and all(_is_opt_state(v) for v in x.values())
+def _state_group(x: Any) -> list[tuple[Any, Any]] | None:
+    """``[(label, state), ...]`` when ``x`` is a non-empty dict / list of optimizer states."""
+    if isinstance(x, dict) and not _is_opt_state(x):
+        items = list(x.items())
+    elif isinstance(x, (list, tuple)):
+        items = list(enumerate(x))
+    else:
+        return None
+    if items and all(_is_opt_state(v) or _state_group(v) is not None for _, v in items):
+        return items
+    return None
 
 
 def _check_step_count(

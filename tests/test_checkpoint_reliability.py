@@ -136,6 +136,14 @@ def test_nested_optimizer_states_are_validated(tmp_path):
     tampered_record(f, _set("opt_state", "head", "count", "head.w", value=torch.tensor(-2.0)))
     with pytest.raises(ValueError, match=r"opt_state\['head'\]\['count'\] at 'head.w'"):
         fc.load_training_state(f)
+    # a chain: a list of full-tree states, one with a moment of the wrong dtype
+    chain = [fc.adam(0.1).init(params), fc.sgd(0.1, momentum=0.9).init(params)]
+    fc.save_training_state(f, params=params, opt_state=chain)
+    assert len(fc.load_training_state(f).opt_state) == 2
+    bad = {k: v.double() for k, v in chain[1]["momentum_buffer"].items()}
+    tampered_record(f, _set("opt_state", 1, "momentum_buffer", value=bad))
+    with pytest.raises(ValueError, match=r"opt_state\[1\]\['momentum_buffer'\].*float64"):
+        fc.load_training_state(f)
 
 
 def test_save_refuses_a_tampered_state_too(tmp_path):
