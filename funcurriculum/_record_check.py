@@ -16,6 +16,7 @@ Every refusal is a ``ValueError`` naming the file.
 from __future__ import annotations
 
 import os
+import pickletools
 import zipfile
 from typing import Any, BinaryIO
 
@@ -85,6 +86,51 @@ def verify_archive(f: BinaryIO, name: str, *, crc: bool = True) -> None:
                         pass
             except Exception as exc:  # BadZipFile (bad CRC, header mismatch), zlib, EOF
                 raise _bad(name, f"record {info.filename!r}: {type(exc).__name__}: {exc}") from None
+
+
+_STRING_OPS = {
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "UNICODE",
+    "STRING",
+    "BINSTRING",
+    "SHORT_BINSTRING",
+}
+_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+
+
+def pickle_globals(f: BinaryIO) -> list[str] | None:
+    """The globals a pickle stream names, read opcode by opcode without running it.
+
+    ``fc.save`` writes torch's zip format only, so a file that is not a zip archive is
+    refused without handing it to ``torch.load`` (whose legacy reader allocates the
+    storage sizes a file declares); this scan only names what the refusal is about.
+
+    Returns:
+      ``"module.name"`` strings (in order, deduplicated), or ``None`` when the stream
+      is not a readable pickle.
+    """
+    names: list[str] = []
+    strings: list[str] = []
+    memo: dict[int, object] = {}
+    try:
+        for op, arg, _pos in pickletools.genops(f):
+            if op.name in _STRING_OPS:
+                strings.append(arg if isinstance(arg, str) else repr(arg))
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT") and strings:
+                memo[arg] = strings[-1]
+            elif op.name in _GET_OPS and isinstance(memo.get(arg), str):
+                strings.append(memo[arg])  # type: ignore[arg-type]
+            elif op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]) if len(strings) >= 2 else "<global>")
+    except Exception:  # not a pickle, or truncated
+        return names or None
+    return list(dict.fromkeys(names))
 
 
 def check_tensors(obj: Any, name: str) -> None:

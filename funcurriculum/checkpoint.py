@@ -32,7 +32,13 @@ from typing import Any
 
 import torch
 
-from ._record_check import ZIP_MAGIC, check_tensors, overcommitted, verify_archive
+from ._record_check import (
+    ZIP_MAGIC,
+    check_tensors,
+    overcommitted,
+    pickle_globals,
+    verify_archive,
+)
 from .curriculum import Curriculum
 
 _TAG = "__funcurriculum__"
@@ -271,13 +277,12 @@ def load(path: str | os.PathLike, map_location: Any = None, *, mmap: bool = Fals
     if not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{name!r} is not a regular file (a directory, FIFO or device)")
     with open(name, "rb") as f:
-        zipped = f.read(4) == ZIP_MAGIC
-        if zipped:
-            verify_archive(f, name, crc=not mmap)
+        if f.read(4) != ZIP_MAGIC:  # fc.save writes torch's zip format only
+            f.seek(0)
+            _refuse_non_zip(f, name)
+        verify_archive(f, name, crc=not mmap)
         f.seek(0)
         payload = _torch_load(f if not mmap else name, name, map_location, mmap)
-    if not zipped:  # fc.save writes torch's zip format only: an old-style pickle it is not
-        raise ValueError(f"{name!r} is not a funcurriculum checkpoint (not a torch zip archive)")
     check_tensors(payload, name)
     if not isinstance(payload, dict) or payload.get(_TAG) != "checkpoint":
         raise ValueError(f"{name!r} is not a funcurriculum checkpoint")
@@ -289,6 +294,26 @@ def load(path: str | os.PathLike, map_location: Any = None, *, mmap: bool = Fals
         raise ValueError(
             f"{name!r}: malformed checkpoint record: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def _refuse_code(name: str, what: str) -> ValueError:
+    return ValueError(
+        f"refusing to load {name!r}: it holds objects that would run code to rebuild{what}; "
+        "a funcurriculum checkpoint holds only tensors and plain containers. Do not load "
+        "this file with weights_only=False unless you trust its source"
+    )
+
+
+def _refuse_non_zip(f: Any, name: str) -> None:
+    """Refuse a file that is not a torch zip archive, never handing it to ``torch.load``."""
+    found = pickle_globals(f)
+    if found is None:
+        raise ValueError(
+            f"{name!r} is not a readable checkpoint (truncated, corrupted or another format)"
+        )
+    if found:
+        raise _refuse_code(name, f" ({', '.join(found)})")
+    raise ValueError(f"{name!r} is not a funcurriculum checkpoint (not a torch zip archive)")
 
 
 def _torch_load(f: Any, name: str, map_location: Any, mmap: bool) -> Any:
@@ -303,11 +328,7 @@ def _torch_load(f: Any, name: str, map_location: Any, mmap: bool) -> Any:
         what = f" ({', '.join(dict.fromkeys(found))})" if found else ""
         if not found and detail and detail.group(1):
             what = f" ({' '.join(detail.group(1).split())})"
-        raise ValueError(
-            f"refusing to load {name!r}: it holds objects that would run code to rebuild{what}; "
-            "a funcurriculum checkpoint holds only tensors and plain containers. Do not load "
-            "this file with weights_only=False unless you trust its source"
-        ) from None
+        raise _refuse_code(name, what) from None
     except Exception as exc:  # RuntimeError, EOFError, KeyError, IndexError, OSError, ...
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(

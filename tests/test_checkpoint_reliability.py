@@ -184,6 +184,21 @@ def test_stride0_tensor_of_huge_declared_size_is_refused(tmp_path):
     assert torch.equal(fc.load(g)["w"], torch.zeros(5))
 
 
+def test_non_zip_files_never_reach_torch_load(tmp_path, monkeypatch):
+    """torch's legacy reader allocates whatever storage sizes a file declares."""
+    f = tmp_path / "legacy.pt"
+    payload = {"__funcurriculum__": "checkpoint", "format": 1, "obj": {"w": torch.ones(3)}}
+    torch.save(payload, f, _use_new_zipfile_serialization=False)
+
+    def no(*a, **k):
+        raise AssertionError("torch.load called on a non-zip file")
+
+    monkeypatch.setattr(torch, "load", no)
+    with pytest.raises(ValueError, match="not a torch zip archive") as err:
+        fc.load(f)
+    assert str(f) in str(err.value)
+
+
 # -- row 10: fuzzing ----------------------------------------------------------------------
 def _corrupt(data: bytes, rng: random.Random) -> bytes:
     b = bytearray(data)
