@@ -13,14 +13,18 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import funcurriculum as fc
 from funcurriculum.checkpoint import _encode
@@ -346,6 +350,48 @@ def test_latest_checkpoint_orders_by_parsed_step(tmp_path, spec, steps):
         fc.save_training_state(pattern, params={"w": torch.ones(1)}, step=s)
     assert fc.latest_checkpoint(pattern) == pattern.format(step=steps[-1])
     assert fc.checkpoint_files(pattern) == [pattern.format(step=s) for s in steps]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    spec=st.sampled_from(["", "08d", ",", "_", "x", "X", "o", "b", ">7", "#x", "+d"]),
+    steps=st.lists(st.integers(0, 10**7), min_size=1, max_size=8, unique=True),
+    decoy=st.sampled_from(["{step}", "{step:03d}", "{step:x}", "{step:,}"]),
+)
+def test_pattern_files_are_exactly_the_patterns_own_ordered_by_step(tmp_path, spec, steps, decoy):
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    pattern = str(d / ("ck{step:" + spec + "}.pt" if spec else "ck{step}.pt"))
+    mine = {pattern.format(step=s) for s in steps}
+    for f in mine:
+        open(f, "wb").close()
+    decoys = {str(d / ("ck" + decoy + ".pt").format(step=s + 1)) for s in steps} - mine
+    for f in decoys:
+        open(f, "wb").close()
+    # decoys that the pattern itself would produce for some step are the pattern's files
+    own = [f for f in decoys if any(pattern.format(step=v) == f for v in _candidates(f))]
+    expected = sorted(mine | set(own), key=lambda f: _step_of(f, pattern))
+    assert fc.checkpoint_files(pattern) == expected
+
+
+def _candidates(path: str) -> list[int]:
+    name = os.path.basename(path)[2:-3]
+    out = []
+    for base in (10, 16, 8, 2):
+        try:
+            out.append(int(name.replace(",", "").replace("_", "").strip(), base))
+        except ValueError:
+            pass
+        try:
+            out.append(int(name.replace(",", "").strip().removeprefix("0x"), 16))
+        except ValueError:
+            pass
+    return out
+
+
+def _step_of(path: str, pattern: str) -> int:
+    return next(v for v in sorted(set(_candidates(path))) if pattern.format(step=v) == path)
 
 
 def test_non_regular_files_matching_a_pattern_are_skipped(tmp_path):
