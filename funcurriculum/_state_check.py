@@ -36,7 +36,10 @@ def check_opt_state(opt_state: Any, params: PyTree, where: str) -> None:
     float32 tensor whose shape is a prefix of its param's; every moment field is a tree
     over the same paths whose tensors have the param's dtype and shape (or are empty:
     frozen at ``init``). A nested state may cover a subset of the paths (a
-    ``partition`` part). A state that is not a dict (a custom optimizer's) is not checked.
+    ``partition`` part); its entries over other paths (a chain's transform states) are
+    not checked. At the top level every per-leaf entry must cover the params' paths. A
+    state that is neither a dict nor a list of optimizer states (a custom optimizer's) is
+    not checked.
 
     Args:
       opt_state: the state.
@@ -69,14 +72,21 @@ def _walk(state: Any, ref: dict, ref_paths: list, where: str, name: str, top: bo
         if _is_opt_state(sub) or _state_group(sub) is not None:
             _walk(sub, ref, ref_paths, where, here, False)
             continue
-        _check_field(sub, paths, ref, where, here, moment=opt)
+        _check_field(sub, paths, ref, where, here, moment=opt, strict=top)
 
 
-def _check_field(tree: Any, paths: list, ref: dict, where: str, here: str, moment: bool) -> None:
+def _check_field(
+    tree: Any, paths: list, ref: dict, where: str, here: str, moment: bool, strict: bool
+) -> None:
     """A per-leaf tree: the paths of its state; a moment buffer has the param's dtype and
-    shape (or is empty); other per-leaf entries have a prefix of the param's shape."""
+    shape (or is empty); other per-leaf entries have a prefix of the param's shape.
+
+    An entry over other paths is an error at the top level (``strict``); inside a nested
+    state it is a wrapper's own data (a chain's transform state), not checked."""
     sub_paths, leaves, _ = flatten_with_paths(tree)
     if list(sub_paths) != list(paths):
+        if not strict:
+            return
         raise ValueError(
             f"{where}: {here} does not match the params: " + describe_mismatch(paths, sub_paths)
         )
