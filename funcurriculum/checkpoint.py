@@ -118,13 +118,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_CKPT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+def _old_scheme_ours(middle: str, names: set[str]) -> bool:
+    """Whether ``.tmp-<middle>.<random>`` looks like an older version's temp of a checkpoint."""
+    return middle in names or middle.endswith(_CKPT_SUFFIXES)
+
+
 def clean_stale_temps(directory: str | os.PathLike) -> list[str]:
     """Delete temp files of interrupted saves in ``directory`` (only funcurriculum's own).
 
     A temp file ``.tmp-fc-<host>-<pid>-<random>`` is stale when it was made on this host
     by a process that no longer runs, or (any host, e.g. a shared file system) when it
     is older than ``STALE_AGE_S`` (a day). Temp files of older funcurriculum versions
-    (``.tmp-<name>.<random>``) are stale after a day. Non-regular files are never touched.
+    (``.tmp-<name>.<random>``, where ``<name>`` is a file in the folder or ends in a
+    checkpoint suffix such as ``.pt``) are stale after a day. Non-regular files are
+    never touched.
 
     Args:
       directory: the folder to clean.
@@ -138,10 +148,13 @@ def clean_stale_temps(directory: str | os.PathLike) -> list[str]:
         entries = list(os.scandir(directory))
     except OSError:
         return gone
+    names = {e.name for e in entries}
     for e in entries:
         m = _TMP_RE.fullmatch(e.name)
-        if m is None and _OLD_TMP_RE.fullmatch(e.name) is None:
-            continue
+        if m is None:
+            old_m = _OLD_TMP_RE.fullmatch(e.name)
+            if old_m is None or not _old_scheme_ours(old_m.group(1), names):
+                continue
         try:
             st = e.stat(follow_symlinks=False)
         except OSError:

@@ -435,17 +435,18 @@ def test_next_save_cleans_only_our_own_stale_temp_files(tmp_path):
         "other_host_old": f".tmp-fc-000001-{dead.pid}-abcdefgh",
         "old_scheme_old": ".tmp-ckpt.pt.k2j4_x9q",
         "user": ".tmp-my-notes",
+        "user_old_scheme_lookalike": ".tmp-notes.markdown",
     }
     for n in names.values():
         (tmp_path / n).write_bytes(b"x" * 100)
     two_days = time.time() - 2 * 86400
-    for k in ("other_host_old", "old_scheme_old", "user"):
+    for k in ("other_host_old", "old_scheme_old", "user", "user_old_scheme_lookalike"):
         os.utime(tmp_path / names[k], (two_days, two_days))
     fc.save(tmp_path / "ckpt.pt", {"a": 1})
     left = set(os.listdir(tmp_path))
     assert names["dead"] not in left and names["other_host_old"] not in left
     assert names["old_scheme_old"] not in left
-    for k in ("alive", "other_host_young", "user"):
+    for k in ("alive", "other_host_young", "user", "user_old_scheme_lookalike"):
         assert names[k] in left, k
     assert "ckpt.pt" in left
     assert not [n for n in left if n.startswith(".tmp-fc-") and n not in names.values()]
