@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import pickle
 import re
@@ -317,9 +318,12 @@ def _refuse_code(name: str, what: str) -> ValueError:
     )
 
 
+_SCAN_BYTES = 1 << 20
+
+
 def _refuse_non_zip(f: Any, name: str) -> None:
     """Refuse a file that is not a torch zip archive, never handing it to ``torch.load``."""
-    found = pickle_globals(f)
+    found = pickle_globals(io.BytesIO(f.read(_SCAN_BYTES)))  # bounded: sizes can be forged
     if found is None:
         raise ValueError(
             f"{name!r} is not a readable checkpoint (truncated, corrupted or another format)"
