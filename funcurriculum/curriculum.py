@@ -644,8 +644,14 @@ class Curriculum:
         paths, leaves, spec = flatten_with_paths(data["skeleton"])
         if list(leaves) != list(range(len(leaves))):
             raise ValueError("malformed Curriculum record: skeleton leaves out of order")
-        numels = tuple(int(n) for n in data["numels"])
-        frozen = tuple(bool(b) for b in data["frozen_leaves"])
+        numels, frozen = tuple(data["numels"]), tuple(data["frozen_leaves"])
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numels):
+            raise ValueError("malformed Curriculum record: numels must be ints >= 0")
+        if not all(isinstance(b, bool) for b in frozen):
+            bad = next(b for b in frozen if not isinstance(b, bool))
+            raise ValueError(
+                f"malformed Curriculum record: frozen_leaves holds {bad!r}, not a bool"
+            )
         if len(numels) != len(paths) or len(frozen) != len(paths):
             raise ValueError("malformed Curriculum record: lengths disagree with the skeleton")
         extra: dict[str, Any] = {}

@@ -66,6 +66,7 @@ def agree(
     digest: int,
     counts: Sequence[int] = (),
     error: BaseException | None = None,
+    labels: Sequence[str] | None = None,
     *,
     parts: Sequence[tuple[str, int]] = (),
 ) -> None:
@@ -74,8 +75,10 @@ def agree(
     One ``all_reduce(MAX)`` of ``[digest, -digest, failed, c, -c, ..., d, -d, ...]``.
     Raises on every rank when the digests differ (naming the spread of ``counts``, e.g.
     leaves / elements) or when some rank hit ``error`` locally (that rank re-raises its
-    own error). ``parts``: further ``(name, digest)`` pairs checked in the same call; a
-    mismatch raises ``ValueError`` naming ``name``.
+    own error). With ``labels`` (one per count), a mismatch names the labelled counts
+    that differ (e.g. ``bucket_cap_mb``) instead of blaming the trees. ``parts``:
+    further ``(name, digest)`` pairs checked in the same call; a mismatch raises
+    ``ValueError`` naming ``name``.
     """
     vals = [digest, -digest, int(error is not None)]
     for c in counts:
@@ -99,6 +102,17 @@ def agree(
                 f"pass the same {name}."
             )
     if got[0] != -got[1]:
+        if labels is not None:
+            differ = [
+                f"{lab} ({-got[3 + 2 * k + 1]}..{got[3 + 2 * k]})"
+                for k, lab in enumerate(labels)
+                if got[3 + 2 * k] != -got[3 + 2 * k + 1]
+            ]
+            if differ:
+                raise ValueError(
+                    f"{who}: ranks passed different values of {', '.join(differ)}; every "
+                    "rank must pass the same"
+                )
         spread = ", ".join(f"{-got[3 + 2 * k + 1]}..{got[3 + 2 * k]}" for k in range(len(counts)))
         raise ValueError(
             f"{who}: ranks passed different trees or masks (checksum mismatch"
