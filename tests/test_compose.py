@@ -601,7 +601,8 @@ def test_training_state_round_trip_of_chain_and_multi_states(tmp_path):
     b, _ = fc._tree.flatten(state)
     assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
     # a tampered sub-state is still refused, naming where
-    bad = {**state, "adam": {**state["adam"], "exp_avg": {"l0.weight": torch.zeros(4, 3)}}}
+    counts = dict(state["adam"]["count"], **{"l0.bias": torch.tensor(-1.0)})
+    bad = {**state, "adam": {**state["adam"], "count": counts}}
     with pytest.raises(ValueError, match="adam"):
         fc.save_training_state(tmp_path / "u.pt", params=params, opt_state=bad)
 
