@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -71,9 +72,14 @@ def partition(params: PyTree, masks: PyTree) -> tuple[dict, dict]:
       >>> list(fc.partition(p, swept)[0])  # any member trains body.w
       ['body.w', 'head.w']
     """
-    leaves, spec = flatten(params)
+    _, spec = flatten(params)
     paths = spec_paths(spec)
-    flags = trainable_flags(list(align(masks, spec, paths, "masks")), paths)
+    return split(params, trainable_flags(list(align(masks, spec, paths, "masks")), paths))
+
+
+def split(params: PyTree, flags: Sequence[bool]) -> tuple[dict, dict]:
+    """`partition` by one Python bool per leaf (traversal order): True = trainable."""
+    leaves, spec = flatten(params)
     trainable: dict = {}
     frozen: dict = {}
     for keys, leaf, flag in zip(key_paths(spec), leaves, flags):
