@@ -171,13 +171,18 @@ class Sweep:
         return tuple(s.at(step=step, epoch=epoch) for s in self._schedules)
 
     def stack(
-        self, curricula: Sequence[Curriculum], device: torch.device | str | None = None
+        self,
+        curricula: Sequence[Curriculum],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[PyTree, PyTree]:
-        """`fc.stack_curricula` of ``curricula`` (cached per phase combination and device).
+        """`fc.stack_curricula` of ``curricula`` (cached per phase combination, device
+        and dtype).
 
         Args:
           curricula: one curriculum per member (e.g. from `curricula`).
           device: where the tensors live (default: the sweep's device).
+          dtype: the coefficients' dtype.
 
         Returns:
           ``(masks, coeffs)`` with a leading member dimension.
@@ -188,13 +193,13 @@ class Sweep:
                 f"expected {self.members} curricula (one per member), got {len(curricula)}"
             )
         dev = self._device if device is None else torch.device(device)
-        key = (*map(id, curricula), dev)
+        key = (*map(id, curricula), dev, dtype)
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
             # the curricula are kept with the entry, so their ids stay theirs
-            hit = (curricula, stack_curricula(curricula, device=dev))
+            hit = (curricula, stack_curricula(curricula, device=dev, dtype=dtype))
             self._cache[key] = hit
         return hit[1]
 
@@ -209,6 +214,24 @@ class Sweep:
           ``(masks, coeffs)``: bool and float tensors of shape ``(E,)`` per leaf.
         """
         return self.stack(self.curricula(step=step, epoch=epoch))
+
+    def init(self, opt: Any, params: PyTree) -> dict[str, Any]:
+        """Stacked optimizer state for stacked ``params``: ``vmap(opt.init)(params)`` with
+        every leaf materialised (vmap returns the parts that do not depend on the params,
+        the step counters, as expanded views; ``torch.compile`` would compile a second
+        graph when they become real tensors after the first step).
+
+        Args:
+          opt: the optimizer.
+          params: stacked params (a leading member dimension on every leaf).
+
+        Returns:
+          The state, full buffers for every member (masks vary per member, so nothing is
+          left out).
+        """
+        state = vmap(opt.init)(params)
+        leaves, spec = flatten(state)
+        return unflatten(spec, [x.contiguous() if isinstance(x, Tensor) else x for x in leaves])
 
     def apply_transition(
         self,
@@ -260,13 +283,22 @@ class Sweep:
             )
         if not moved:
             return state
-        dev = flatten(params)[0][0].device
-        old, _ = self.stack(prev, dev)
-        new, _ = self.stack(next, dev)
+        where_ = _placement(flatten(params)[0])
+        old, _ = self.stack(prev, *where_)
+        new, _ = self.stack(next, *where_)
         return vmap(opt.transition)(state, params, old, new)
 
     def __repr__(self) -> str:
         return f"Sweep({self.members} members over {len(self.paths)} leaves)"
+
+
+def _placement(leaves: Sequence[Any]) -> tuple[torch.device | None, torch.dtype]:
+    """Device and coefficient dtype for params ``leaves``: the first leaf's device;
+    float64 coefficients when a leaf is float64 (``lr * coeff`` keeps its precision),
+    else float32."""
+    dev = leaves[0].device if leaves and isinstance(leaves[0], Tensor) else None
+    wide = any(isinstance(p, Tensor) and p.dtype == torch.float64 for p in leaves)
+    return dev, torch.float64 if wide else torch.float32
 
 
 def union(curricula: Sequence[Curriculum]) -> tuple[bool, ...]:
@@ -293,7 +325,8 @@ def make_sweep_step(
     -> (params, state, losses, curricula)``
 
     takes stacked ``params`` (a leading member dimension on every leaf, e.g. from
-    ``torch.func.stack_module_state``) and a stacked ``state`` (``vmap(opt.init)(params)``);
+    ``torch.func.stack_module_state``) and a stacked ``state`` (``step_fn.init(params)``,
+    which is `Sweep.init`: ``vmap(opt.init)(params)`` with contiguous leaves);
     ``curricula`` holds each member's curriculum at this clock and ``losses`` each
     member's loss (shape ``(E,)``). Pass the ``curricula`` of the previous call as
     ``prev``: when a member's masks changed, ``vmap(opt.transition)`` gives fresh state to
@@ -327,7 +360,7 @@ def make_sweep_step(
       >>> sweep = [fc.Schedule(one, fc.Freezer(names="body", until_step=n)) for n in (0, 1, 9)]
       >>> loss = lambda q, x: ((q["body.w"] + q["head.w"]) * x).sum()
       >>> step_fn = fc.make_sweep_step(loss, fc.sgd(0.5), sweep)
-      >>> state, cur = torch.func.vmap(fc.sgd(0.5).init)(p), None
+      >>> state, cur = step_fn.init(p), None
       >>> for t in range(2):
       ...     p, state, losses, cur = step_fn(p, state, torch.ones(2), step=t, prev=cur)
       >>> p["body.w"][:, 0]
@@ -376,7 +409,7 @@ def make_sweep_step(
             opt, state, params, prev, curs, logger, step=step, epoch=epoch
         )
         leaves, spec = flatten(params)
-        masks, coeffs = sweep.stack(curs, leaves[0].device if leaves else None)
+        masks, coeffs = sweep.stack(curs, *_placement(leaves))
         trained = union(curs)
         m_l = align(masks, spec, spec_paths(spec), "masks")
         dyn = [m for m, t in zip(m_l, trained) if t]
@@ -384,4 +417,5 @@ def make_sweep_step(
         return new_params, new_state, losses, curs
 
     step_fn.sweep = sweep
+    step_fn.init = lambda params: sweep.init(opt, params)
     return step_fn
