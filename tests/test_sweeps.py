@@ -492,3 +492,28 @@ def test_compiled_sweep_recompiles_only_when_the_union_changes():
         p, state, _, prev = step_c(p, state, b, step=t, prev=prev)
         seen.append(len(graphs))
     assert seen == [1, 1, 2, 2, 2, 2, 2]
+
+
+# -- docs/sweeps.md: its python blocks run top to bottom -----------------------------------
+
+
+def test_sweeps_page_snippets_run():
+    import re
+    import textwrap
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    blocks = [
+        textwrap.dedent(m.group(2))
+        for m in re.finditer(r"^( *)```python\n(.*?)^\1```", text, re.S | re.M)
+    ]
+    assert len(blocks) >= 2
+    namespace: dict = {"__name__": "snippets_sweeps"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            for i, code in enumerate(blocks):
+                exec(compile(code, f"docs/sweeps.md[block {i}]", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
