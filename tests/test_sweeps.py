@@ -276,6 +276,18 @@ def test_partition_dynamic_masks_take_the_union():
         fc.partition(p, {**masks, "head.bias": torch.tensor([1.0])})
 
 
+def test_partition_tensor_masks_are_trainable_inside_vmap():
+    """Per member the values cannot decide structure: every tensor-masked leaf is trainable."""
+    p = stacked_members(2)
+    masks = {k: torch.tensor([False, i == 0]) for i, k in enumerate(NAMES)}
+    masks["head.bias"] = False
+    n = vmap(lambda q, m: torch.tensor(float(len(fc.partition(q, m)[0]))))(
+        p, {k: masks[k] for k in NAMES[:-1]} | {"head.bias": torch.tensor([False, False])}
+    )
+    assert n.tolist() == [5.0, 5.0]
+    assert list(fc.partition(p, masks)[0]) == ["backbone.0.weight"]  # outside: the union
+
+
 @pytest.mark.slow
 def test_partition_tensor_masks_are_trainable_while_tracing():
     p = one_member()
