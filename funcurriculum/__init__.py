@@ -39,6 +39,7 @@ from .optimizer import Optimizer, force_reference
 from .optimizers import adam, adamw, sgd
 from .partition import combine, partition
 from .schedule import Schedule, apply_transition, describe_change
+from .sweep import Sweep, make_sweep_step, stack_curricula
 from .train_step import make_step
 from .training_state import (
     TrainingState,
@@ -103,6 +104,9 @@ __all__ = [
     "apply_transition",
     "describe_change",
     "make_step",
+    "Sweep",
+    "make_sweep_step",
+    "stack_curricula",
     "NORM_LAYERS",
     "apply_requires_grad",
     "frozen_norm_eval",

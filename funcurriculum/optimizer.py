@@ -272,7 +272,8 @@ class Optimizer:
         Args:
           params: pytree of tensors.
           grads: same structure (``None`` allowed at frozen leaves), or the trainable
-            part from `fc.partition` (frozen keys absent).
+            part from `fc.partition` (frozen keys absent). A leaf with a bool-tensor mask
+            and no grad is frozen in every member (what `fc.partition` leaves out).
           state: from :meth:`init` / a previous update.
           masks: bool pytree, True = trainable; ``None`` = all trainable. Leaves may be
             bool tensors: 0-d ones read as bools, batched ones under ``vmap`` give every
@@ -319,8 +320,8 @@ class Optimizer:
         active, dyn, plain, lr_of = [], {}, set(), {}
         lr = self._lr_at(state, traced)
         for i, m in enumerate(ms):
-            if m is False:
-                continue
+            if m is False or (grads_l[i] is None and not isinstance(m, bool)):
+                continue  # (a tensor mask with no grad: frozen in every member, as partition says)
             p, g = leaves[i], grads_l[i]
             bufs = [c[i] for c in cols]
             if V.plain_leaf(p, g, bufs):

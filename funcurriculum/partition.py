@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
+
+from . import _validate as V
 from ._tree import PyTree, align, flatten, key_paths, spec_paths, unflatten
-from .driver import _mask_value
 
 
 def _insert(tree: dict, keys: tuple[Any, ...], leaf: Any) -> None:
@@ -13,6 +16,27 @@ def _insert(tree: dict, keys: tuple[Any, ...], leaf: Any) -> None:
     for k in keys[:-1]:
         node = node.setdefault(k, {})
     node[keys[-1]] = leaf
+
+
+def trainable_flags(masks_l: list[Any], paths: tuple[str, ...]) -> list[bool]:
+    """One Python bool per mask leaf: does any member train it?
+
+    Bool leaves are read as they are; bool-tensor leaves (dynamic masks, e.g. batched
+    over sweep members) are True when any element is True, read with one host sync for
+    all of them. While ``torch.compile`` traces or inside a ``torch.func`` transform the
+    values cannot decide structure, so a tensor leaf counts as trainable there.
+    """
+    flags = [V.mask_value(m, p, dynamic=True) for m, p in zip(masks_l, paths)]
+    dyn = [i for i, f in enumerate(flags) if not isinstance(f, bool)]
+    if not dyn:
+        return flags
+    if V.compiling() or V.functorch_active():
+        values = [True] * len(dyn)
+    else:
+        values = torch.stack([flags[i].any().cpu() for i in dyn]).tolist()
+    for i, v in zip(dyn, values):
+        flags[i] = bool(v)
+    return flags
 
 
 def partition(params: PyTree, masks: PyTree) -> tuple[dict, dict]:
@@ -23,9 +47,17 @@ def partition(params: PyTree, masks: PyTree) -> tuple[dict, dict]:
     dict keyed by index. Differentiate with respect to ``trainable`` only, so frozen
     leaves cost no gradient compute.
 
+    With dynamic masks (bool-tensor leaves, e.g. from `fc.stack_curricula`, one value
+    per sweep member) a leaf goes to the trainable part when **any** member trains it:
+    gradients are computed for the union of the members' trainable leaves, and a leaf
+    frozen in every member costs nothing. While ``torch.compile`` traces (or inside a
+    ``torch.func`` transform) tensor masks are data, so every tensor leaf goes to the
+    trainable part; use a Python ``False`` for leaves that must cost nothing there.
+
     Args:
       params: pytree of tensors.
-      masks: bool pytree with the same structure (True = trainable).
+      masks: bool pytree with the same structure (True = trainable); leaves may be
+        bool tensors (0-d, or batched over members).
 
     Returns:
       ``(trainable, frozen)``, holding the very same tensor objects.
@@ -36,10 +68,18 @@ def partition(params: PyTree, masks: PyTree) -> tuple[dict, dict]:
       >>> tr, fr = fc.partition(p, {"body.w": False, "head.w": True})
       >>> list(tr), list(fr)
       (['head.w'], ['body.w'])
+      >>> swept = {"body.w": torch.tensor([False, True]), "head.w": torch.tensor([True, True])}
+      >>> list(fc.partition(p, swept)[0])  # any member trains body.w
+      ['body.w', 'head.w']
     """
-    leaves, spec = flatten(params)
+    _, spec = flatten(params)
     paths = spec_paths(spec)
-    flags = [_mask_value(m, p) for m, p in zip(align(masks, spec, paths, "masks"), paths)]
+    return split(params, trainable_flags(list(align(masks, spec, paths, "masks")), paths))
+
+
+def split(params: PyTree, flags: Sequence[bool]) -> tuple[dict, dict]:
+    """`partition` by one Python bool per leaf (traversal order): True = trainable."""
+    leaves, spec = flatten(params)
     trainable: dict = {}
     frozen: dict = {}
     for keys, leaf, flag in zip(key_paths(spec), leaves, flags):

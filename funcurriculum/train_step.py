@@ -11,6 +11,7 @@ from ._tree import PyTree
 from .curriculum import Curriculum
 from .partition import combine, partition
 from .schedule import Schedule, apply_transition
+from .sweep import Sweep, make_sweep_step
 
 
 def make_step(
@@ -42,7 +43,9 @@ def make_step(
       loss_fn: ``loss_fn(params, batch) -> scalar tensor`` (e.g. a
         ``torch.func.functional_call`` of a module).
       opt: a funcurriculum optimizer.
-      schedule: a :class:`Schedule`, or a fixed :class:`Curriculum`.
+      schedule: a :class:`Schedule`, or a fixed :class:`Curriculum`; or a list of them
+        (or a `fc.Sweep`), one per member: then the step is `fc.make_sweep_step`'s
+        (stacked params and state, a shared batch, all members at once under ``vmap``).
       donate: passed to ``opt.update``.
 
     Returns:
@@ -59,6 +62,8 @@ def make_step(
       >>> p["body.w"], p["head.w"]
       (tensor([0.5000, 0.5000]), tensor([0., 0.]))
     """
+    if isinstance(schedule, (list, tuple, Sweep)):  # one schedule per member: a sweep
+        return make_sweep_step(loss_fn, opt, schedule)
     if isinstance(schedule, Curriculum):
         schedule = Schedule(schedule)
     if not isinstance(schedule, Schedule):
