@@ -10,6 +10,17 @@ from . import models as models
 from ._rule import Rule
 from ._select import select_layers
 from ._tree import layer_names, paths
+from .catalogue import (
+    adadelta,
+    adafactor,
+    adagrad,
+    adamax,
+    lion,
+    muon,
+    nadam,
+    radam,
+    rmsprop,
+)
 from .checkpoint import checkpoint_files, latest_checkpoint, load, save
 from .clip import clip_by_global_norm, global_norm, with_clipping
 from .coefficients import SetCoefficient, layer_decay
@@ -89,6 +100,15 @@ __all__ = [
     "frozen_norm_eval",
     "merge_buffers",
     "shield_buffers",
+    "adadelta",
+    "adafactor",
+    "adagrad",
+    "adamax",
+    "lion",
+    "muon",
+    "nadam",
+    "radam",
+    "rmsprop",
 ]
 
 
