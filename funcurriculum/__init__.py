@@ -30,7 +30,20 @@ from .freezer import Freezer
 from .gradual import GradualUnfreeze
 from .guard import SkipNonFinite, all_finite, skip_nonfinite
 from .inspection import plot_schedule, summary
-from .lr_schedules import constant, cosine, join, linear_warmup, step_lr
+from .lr_schedules import (
+    constant,
+    cosine,
+    cosine_warm_restarts,
+    cyclic_lr,
+    exponential_lr,
+    join,
+    linear_lr,
+    linear_warmup,
+    multistep_lr,
+    one_cycle,
+    polynomial_lr,
+    step_lr,
+)
 from .modules import (
     NORM_LAYERS,
     apply_requires_grad,
@@ -109,6 +122,13 @@ __all__ = [
     "nadam",
     "radam",
     "rmsprop",
+    "cosine_warm_restarts",
+    "cyclic_lr",
+    "exponential_lr",
+    "linear_lr",
+    "multistep_lr",
+    "one_cycle",
+    "polynomial_lr",
 ]
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from . import _validate as V
+from .. import _validate as V
 
 Tensor = torch.Tensor
 

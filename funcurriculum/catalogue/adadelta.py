@@ -9,7 +9,7 @@ import torch
 
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from . import _validate as V
+from .. import _validate as V
 from ._common import build, cast, zeros
 
 Tensor = torch.Tensor

@@ -10,7 +10,7 @@ import torch
 
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from . import _validate as V
+from .. import _validate as V
 from ._common import build, cast, lr64, refuse_complex, step64, zeros
 
 Tensor = torch.Tensor

@@ -10,7 +10,7 @@ import torch
 
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from . import _validate as V
+from .. import _validate as V
 from ._common import build, cast, refuse_complex, zeros
 
 Tensor = torch.Tensor
@@ -143,7 +143,7 @@ def muon(
       >>> opt.init({"b": torch.zeros(4)})
       Traceback (most recent call last):
       ...
-      ValueError: ... fc.muon optimizes 2-D leaves (hidden-layer matrices) only, ...
+      ValueError: ...2-D leaves...multi_optimizer...
     """
     w = "fc.muon"
     if (
