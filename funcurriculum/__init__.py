@@ -53,6 +53,7 @@ from .modules import (
 )
 from .optimizers import adam, adamw, sgd
 from .partition import combine, partition
+from .plateau import ReduceOnPlateau, reduce_on_plateau
 from .schedule import Schedule, apply_transition, describe_change
 from .train_step import make_step
 from .training_state import (
@@ -129,6 +130,8 @@ __all__ = [
     "multistep_lr",
     "one_cycle",
     "polynomial_lr",
+    "ReduceOnPlateau",
+    "reduce_on_plateau",
 ]
 
 
