@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
 
 Tensor = torch.Tensor
 
@@ -85,3 +85,31 @@ def build(
             raise NotImplementedError(f"{where}: this engine has no {missing}")
         kw = {k: v for k, v in kw.items() if k in _ENGINE_KEYWORDS}
     return Optimizer(rule, lr, **kw)
+
+
+# -- torch.optim's multi-tensor implementations as the rules' in-place kernels -------------
+
+
+def torch_steps(counts: list[Tensor]) -> list[Tensor]:
+    """The engine's counts for torch.optim's functional API, which increments the step
+    tensors it is given: the engine passes counts that already include this update, so
+    they are stepped back here in place (exact: small integers in float32) and torch
+    brings them back."""
+    torch._foreach_sub_(counts, 1.0)
+    return counts
+
+
+def _plain_float(p: Tensor) -> bool:
+    # float16 / bfloat16 leaves take the engine's float32 path (torch's foreach kernels
+    # round every intermediate to the half dtype); complex leaves its real-pair views
+    return p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
+
+
+def kernels(inplace: Any, accepts: Any = _plain_float) -> Any:
+    """``Kernels(inplace=..., accepts=...)`` for a rule (``None`` on an engine without them)."""
+    from .. import driver
+
+    cls = getattr(driver, "Kernels", None)
+    if cls is None:  # pragma: no cover - the engine before "engine:" landed
+        return None
+    return cls(inplace=inplace, accepts=accepts)

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.optim.adadelta import adadelta as _torch_adadelta
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
-from ._common import build, cast, zeros
+from ._common import build, cast, kernels, torch_steps, zeros
 
 Tensor = torch.Tensor
 
@@ -37,6 +38,23 @@ class AdadeltaRule:
         delta = (acc + self.eps).sqrt() / std * g
         acc = torch.addcmul(acc * self.rho, delta, delta, value=1 - self.rho)
         return p - cast(lr, p) * delta, (sq, acc)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """torch.optim.Adadelta's multi-tensor (foreach) update, in place on one group."""
+    _torch_adadelta(
+        ps,
+        gs,
+        bufs[0],
+        bufs[1],
+        torch_steps(counts),
+        foreach=True,
+        lr=lr,
+        rho=rule.rho,
+        eps=rule.eps,
+        weight_decay=rule.weight_decay,
+        maximize=maximize,
+    )
 
 
 def adadelta(
@@ -85,4 +103,5 @@ def adadelta(
         differentiable=differentiable,
         weight_decay_mask=weight_decay_mask,
         elementwise=True,
+        kernels=kernels(_foreach_inplace),
     )

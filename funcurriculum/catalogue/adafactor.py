@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.optim._adafactor import adafactor as _torch_adafactor
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
-from ._common import build, cast, lr64, refuse_complex, step64, zeros
+from ._common import build, cast, kernels, lr64, refuse_complex, step64, torch_steps, zeros
 
 Tensor = torch.Tensor
 
@@ -69,6 +70,29 @@ class AdafactorRule:
         rms_update = update.norm(2).to(torch.float64) / (math.sqrt(update.numel()) * self.d)
         denom = torch.clamp(rms_update, min=1.0)
         return p - cast(alpha / denom, p) * update, (row, col, var)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """torch.optim.Adafactor's multi-tensor (foreach) update, in place on one group
+    (the placeholders of the buffers a leaf does not use go over as ``None``)."""
+    rows, cols, variances = bufs
+    matrix = [p.dim() > 1 for p in ps]
+    _torch_adafactor(
+        ps,
+        gs,
+        [r if m else None for r, m in zip(rows, matrix)],
+        [c if m else None for c, m in zip(cols, matrix)],
+        [None if m else v for v, m in zip(variances, matrix)],
+        torch_steps(counts),
+        foreach=True,
+        d=rule.d,
+        lr=lr,
+        beta2_decay=rule.beta2_decay,
+        weight_decay=rule.weight_decay,
+        eps1=rule.eps1,
+        eps2=rule.eps2,
+        maximize=maximize,
+    )
 
 
 def adafactor(
@@ -135,4 +159,5 @@ def adafactor(
         maximize=maximize,
         differentiable=differentiable,
         weight_decay_mask=weight_decay_mask,
+        kernels=kernels(_foreach_inplace),
     )

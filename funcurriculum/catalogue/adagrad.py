@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
-from ._common import build, cast, step64
+from ._common import build, cast, kernels, step64
 
 Tensor = torch.Tensor
 
@@ -60,17 +60,9 @@ def _fused_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
 
 
 def _fused_accepts(p: Tensor) -> bool:
-    # torch ships the fused Adagrad kernel for CPU only
-    return p.device.type == "cpu" and p.is_floating_point()
-
-
-def _kernels() -> Any:
-    from .. import driver
-
-    kernels = getattr(driver, "Kernels", None)
-    if kernels is None:  # pragma: no cover - the engine before "engine:" landed
-        return None
-    return kernels(inplace=_fused_inplace, accepts=_fused_accepts)
+    # torch's fused Adagrad is declared for CPU; float16 / bfloat16 leaves take the
+    # engine's float32 path so that every path gives the same bits
+    return p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
 
 
 def adagrad(
@@ -128,5 +120,5 @@ def adagrad(
         differentiable=differentiable,
         weight_decay_mask=weight_decay_mask,
         elementwise=True,
-        kernels=_kernels(),
+        kernels=kernels(_fused_inplace, _fused_accepts),
     )

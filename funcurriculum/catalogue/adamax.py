@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.optim.adamax import adamax as _torch_adamax
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
-from ._common import build, cast, step64, zeros
+from ._common import build, cast, kernels, step64, torch_steps, zeros
 
 Tensor = torch.Tensor
 
@@ -37,6 +38,24 @@ class AdamaxRule:
         u = torch.maximum(u * self.beta2, g.abs() + self.eps)
         clr = cast(lr / (1 - self.beta1 ** step64(count)), p)
         return p - clr * (m / u), (m, u)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """torch.optim.Adamax's multi-tensor (foreach) update, in place on one group."""
+    _torch_adamax(
+        ps,
+        gs,
+        bufs[0],
+        bufs[1],
+        torch_steps(counts),
+        foreach=True,
+        maximize=maximize,
+        eps=rule.eps,
+        beta1=rule.beta1,
+        beta2=rule.beta2,
+        lr=lr,
+        weight_decay=rule.weight_decay,
+    )
 
 
 def adamax(
@@ -83,4 +102,5 @@ def adamax(
         differentiable=differentiable,
         weight_decay_mask=weight_decay_mask,
         elementwise=True,
+        kernels=kernels(_foreach_inplace),
     )

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
-from ._common import build, cast, zeros
+from ._common import build, cast, kernels, zeros
 
 Tensor = torch.Tensor
 
@@ -35,6 +35,25 @@ class LionRule:
         if self.weight_decay != 0:
             u = u + self.weight_decay * p
         return p - cast(lr, p) * u, (m,)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """Lion as multi-tensor (foreach) ops, in place on one group (same arithmetic as
+    `LionRule.step`)."""
+    (ms,) = bufs
+    if maximize:
+        gs = torch._foreach_neg(gs)
+    u = torch._foreach_mul(gs, 1 - rule.beta1)
+    torch._foreach_add_(u, torch._foreach_mul(ms, rule.beta1))
+    torch._foreach_sign_(u)
+    torch._foreach_mul_(ms, rule.beta2)
+    torch._foreach_add_(ms, torch._foreach_mul(gs, 1 - rule.beta2))
+    if rule.weight_decay != 0:
+        torch._foreach_add_(u, torch._foreach_mul(ps, rule.weight_decay))
+    if isinstance(lr, Tensor):
+        torch._foreach_sub_(ps, torch._foreach_mul(u, lr.to(ps[0].dtype)))
+    else:
+        torch._foreach_sub_(ps, torch._foreach_mul(u, lr))
 
 
 def lion(
@@ -84,4 +103,5 @@ def lion(
         differentiable=differentiable,
         weight_decay_mask=weight_decay_mask,
         elementwise=True,
+        kernels=kernels(_foreach_inplace),
     )

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
 from ._common import build, cast, refuse_complex, zeros
 
 Tensor = torch.Tensor

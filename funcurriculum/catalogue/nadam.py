@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.optim.nadam import nadam as _torch_nadam
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
-from ._common import build, cast, step64, zeros
+from ._common import build, cast, kernels, step64, torch_steps, zeros
 
 Tensor = torch.Tensor
 
@@ -53,6 +54,27 @@ class NAdamRule:
         p = p + c_grad * (g / denom)
         p = p + c_avg * (m / denom)
         return p, (m, v, mu_product)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """torch.optim.NAdam's multi-tensor (foreach) update, in place on one group."""
+    _torch_nadam(
+        ps,
+        gs,
+        bufs[0],
+        bufs[1],
+        bufs[2],
+        torch_steps(counts),
+        decoupled_weight_decay=rule.decoupled_weight_decay,
+        foreach=True,
+        maximize=maximize,
+        beta1=rule.beta1,
+        beta2=rule.beta2,
+        lr=lr,
+        weight_decay=rule.weight_decay,
+        momentum_decay=rule.momentum_decay,
+        eps=rule.eps,
+    )
 
 
 def nadam(
@@ -114,4 +136,5 @@ def nadam(
         maximize=maximize,
         differentiable=differentiable,
         weight_decay_mask=weight_decay_mask,
+        kernels=kernels(_foreach_inplace),
     )

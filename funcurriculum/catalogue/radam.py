@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.optim.radam import radam as _torch_radam
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
-from ._common import build, cast, step64, zeros
+from ._common import build, cast, kernels, step64, torch_steps, zeros
 
 Tensor = torch.Tensor
 
@@ -54,6 +55,25 @@ class RAdamRule:
         adaptive = cast(bc2**0.5, p) / (v.sqrt() + self.eps)
         update = torch.where(rectified, base * adaptive * cast(rect, p), base)
         return p - update, (m, v)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """torch.optim.RAdam's multi-tensor (foreach) update, in place on one group."""
+    _torch_radam(
+        ps,
+        gs,
+        bufs[0],
+        bufs[1],
+        torch_steps(counts),
+        decoupled_weight_decay=rule.decoupled_weight_decay,
+        foreach=True,
+        maximize=maximize,
+        beta1=rule.beta1,
+        beta2=rule.beta2,
+        lr=lr,
+        weight_decay=rule.weight_decay,
+        eps=rule.eps,
+    )
 
 
 def radam(
@@ -111,4 +131,5 @@ def radam(
         differentiable=differentiable,
         weight_decay_mask=weight_decay_mask,
         elementwise=True,
+        kernels=kernels(_foreach_inplace),
     )

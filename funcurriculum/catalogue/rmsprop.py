@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.optim.rmsprop import rmsprop as _torch_rmsprop
 
+from .. import _validate as V
 from ..driver import Optimizer
 from ..lr_schedules import Schedule
-from .. import _validate as V
-from ._common import build, cast, zeros
+from ._common import build, cast, kernels, torch_steps, zeros
 
 Tensor = torch.Tensor
 
@@ -59,6 +60,27 @@ class RMSpropRule:
         if self.centered:
             new.append(ga)
         return p, tuple(new)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """torch.optim.RMSprop's multi-tensor (foreach) update, in place on one group."""
+    b = dict(zip(rule.fields, bufs))
+    _torch_rmsprop(
+        ps,
+        gs,
+        b["square_avg"],
+        b.get("grad_avg", []),
+        b.get("momentum_buffer", []),
+        torch_steps(counts),
+        foreach=True,
+        maximize=maximize,
+        lr=lr,
+        alpha=rule.alpha,
+        eps=rule.eps,
+        weight_decay=rule.weight_decay,
+        momentum=rule.momentum,
+        centered=rule.centered,
+    )
 
 
 def rmsprop(
@@ -113,4 +135,5 @@ def rmsprop(
         differentiable=differentiable,
         weight_decay_mask=weight_decay_mask,
         elementwise=True,
+        kernels=kernels(_foreach_inplace),
     )
