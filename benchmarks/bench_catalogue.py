@@ -21,7 +21,6 @@ fastest torch case (medians, minima and paired within rounds).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from pathlib import Path
@@ -32,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import funcurriculum as fc  # noqa: E402
-from funcurriculum import driver  # noqa: E402
 
 
 class _Lion(torch.optim.Optimizer):
@@ -104,8 +102,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     base = {k: torch.randn(shape, generator=gen).to(dev, dtype) for k in names}
     grads = {k: (torch.randn(shape, generator=gen) * 1e-2).to(dev, dtype) for k in names}
-    # an engine without the rules' kernels (before it landed) runs the reference path
-    engine = "auto" if hasattr(driver, "Kernels") else "reference"
+    engine = "auto"
     meta = C.machine(dev) | {
         "bench": "catalogue",
         "params": math.prod(shape) * args.leaves,
@@ -122,11 +119,9 @@ def main() -> None:
         def ours(donate, opt=opt):
             params = {k: v.clone() for k, v in base.items()}
             holder = [params, opt.init(params)]
-            ctx = driver.force_reference if engine == "reference" else contextlib.nullcontext
 
             def run():
-                with ctx():
-                    holder[:] = opt.update(holder[0], grads, holder[1], donate=donate)
+                holder[:] = opt.update(holder[0], grads, holder[1], donate=donate)
 
             return run
 

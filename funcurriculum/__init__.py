@@ -25,11 +25,11 @@ from .checkpoint import checkpoint_files, latest_checkpoint, load, save
 from .clip import clip_by_global_norm, global_norm, with_clipping
 from .coefficients import SetCoefficient, layer_decay
 from .curriculum import Curriculum
-from .driver import LeafRule, Optimizer
 from .freezer import Freezer
 from .gradual import GradualUnfreeze
 from .guard import SkipNonFinite, all_finite, skip_nonfinite
 from .inspection import plot_schedule, summary
+from .leaf_rule import Kernels, LeafRule
 from .lr_schedules import (
     constant,
     cosine,
@@ -51,6 +51,7 @@ from .modules import (
     merge_buffers,
     shield_buffers,
 )
+from .optimizer import Optimizer, force_reference
 from .optimizers import adam, adamw, sgd
 from .partition import combine, partition
 from .plateau import ReduceOnPlateau, reduce_on_plateau
@@ -68,7 +69,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Curriculum",
+    "Kernels",
     "LeafRule",
+    "force_reference",
     "Optimizer",
     "SkipNonFinite",
     "TrainingState",

@@ -1,4 +1,8 @@
-"""The one validator of the catalogue's hyperparameters (numbers, betas, flags, choices)."""
+"""Validation of the optimizer's inputs, one function per kind of input.
+
+Every check here runs before the update writes anything, so a refused call changes
+nothing (with ``donate=True`` too). Errors name the offending leaf's path.
+"""
 
 from __future__ import annotations
 
@@ -7,114 +11,222 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 
-def number(
-    where: str,
-    name: str,
-    value: Any,
-    *,
-    low: float | None = 0.0,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """``value`` as a float, checked to be a finite real number in the given interval.
+Tensor = torch.Tensor
 
-    Args:
-      where: the factory's name, for the message (e.g. ``"fc.rmsprop"``).
-      name: the keyword's name.
-      value: what the caller passed.
-      low: lower bound (``None``: unbounded).
-      high: upper bound (``None``: unbounded).
-      low_open: exclude ``low`` itself.
-      high_open: exclude ``high`` itself.
+_FLOAT_KINDS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-    Returns:
-      ``float(value)``.
 
-    Example:
-      >>> number("fc.rmsprop", "alpha", 0.99, high=1.0)
-      0.99
+def functorch_active() -> bool:
+    """True inside a ``torch.func`` transform (vmap, grad, ...)."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def compiling() -> bool:
+    """True while ``torch.compile`` traces."""
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and compiler.is_compiling()
+
+
+def mask_value(m: Any, path: str, dynamic: bool = False) -> bool | Tensor:
+    """A mask leaf as a Python bool, or (``dynamic``: under vmap / compile) a bool tensor.
+
+    Outside transforms a 0-d bool tensor is read as the bool it holds.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a number, got {type(value).__name__}: {value!r}")
-    v = float(value)
-    bad = not math.isfinite(v)
-    if low is not None:
-        bad = bad or (v <= low if low_open else v < low)
-    if high is not None:
-        bad = bad or (v >= high if high_open else v > high)
-    if bad:
-        lo = "" if low is None else f"{'(' if low_open else '['}{low}"
-        hi = "" if high is None else f"{high}{')' if high_open else ']'}"
-        interval = (
-            f"in {lo}, {hi}"
-            if low is not None and high is not None
-            else (f">{'' if low_open else '='} {low}" if high is None else f"<= {high}")
+    if isinstance(m, bool):
+        return m
+    if isinstance(m, Tensor) and m.dtype == torch.bool:
+        if dynamic:
+            return m
+        if m.numel() == 1:
+            return bool(m)
+        raise ValueError(
+            f"mask at {path!r} is a bool tensor of shape {tuple(m.shape)}: outside vmap a "
+            "mask leaf must be a bool or a 0-d bool tensor (batched masks need vmap)"
         )
-        raise ValueError(f"{where}: {name} must be finite and {interval}, got {value!r}")
-    return v
+    raise TypeError(f"mask at {path!r} must be a bool, got {type(m).__name__}: {m!r}")
 
 
-def betas(where: str, value: Any, name: str = "betas") -> tuple[float, float]:
-    """A pair of coefficients in ``[0, 1)``.
+def masks_of(masks_l: Sequence[Any] | None, paths: Sequence[str], dynamic: bool) -> list[Any]:
+    """Every mask leaf validated (``None`` masks: all trainable)."""
+    if masks_l is None:
+        return [True] * len(paths)
+    return [mask_value(m, p, dynamic) for m, p in zip(masks_l, paths)]
 
-    Args:
-      where: the factory's name.
-      value: what the caller passed.
-      name: the keyword's name.
 
-    Returns:
-      ``(beta1, beta2)`` as floats.
+def coeff_value(c: Any, path: str, transformed: bool = False) -> Any:
+    """A coefficient: a finite float >= 0, or a tensor (0-d outside transforms)."""
+    if isinstance(c, Tensor):
+        if not transformed and c.numel() != 1:
+            raise ValueError(
+                f"coefficient at {path!r} must be a float or a 0-d tensor, got a tensor of "
+                f"shape {tuple(c.shape)}"
+            )
+        return c
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
+        raise TypeError(
+            f"coefficient at {path!r} must be a float or a 0-d tensor, got {type(c).__name__}"
+        )
+    c = float(c)
+    if not math.isfinite(c) or c < 0:
+        raise ValueError(f"coefficient at {path!r} must be finite and >= 0, got {c}")
+    return c
 
-    Example:
-      >>> betas("fc.adamax", (0.9, 0.999))
-      (0.9, 0.999)
+
+def lr_value(lr: Any, step: int) -> Any:
+    """A schedule's value: a finite float >= 0 (numpy scalars too), or a device tensor."""
+    if isinstance(lr, Tensor):
+        if lr.numel() == 1 and lr.device.type == "cpu":
+            lr = lr.item()
+        else:
+            return lr
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"lr schedule returned {lr!r} at step {step}: expected a number")
+    lr = float(lr)
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr schedule returned {lr} at step {step}: must be finite and >= 0")
+    return lr
+
+
+def check_param(p: Any, path: str, what: str = "params") -> None:
+    """A parameter leaf: a strided floating-point or complex tensor."""
+    if not isinstance(p, Tensor):
+        raise TypeError(f"{what} leaf {path!r} is a {type(p).__name__}, expected a torch.Tensor")
+    if p.layout != torch.strided:
+        raise TypeError(
+            f"{what} leaf {path!r} has layout {p.layout}: only dense (strided) tensors can be "
+            "optimized (sparse grads: see torch.optim.SparseAdam)"
+        )
+    if not (p.is_floating_point() or p.is_complex()):
+        raise TypeError(
+            f"{what} leaf {path!r} has dtype {p.dtype}: only floating-point and complex "
+            "tensors can be optimized (keep integer / bool tensors as buffers)"
+        )
+
+
+def check_params(leaves: Sequence[Any], paths: Sequence[str], what: str = "params") -> None:
+    for leaf, path in zip(leaves, paths):
+        check_param(leaf, path, what)
+
+
+def check_state(state: Any, fields: Sequence[str], owner: Any) -> None:
+    """The optimizer state dict made by ``owner.init``."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be the dict returned by init, got {type(state).__name__}")
+    missing = [k for k in ("step", "count", *fields) if k not in state]
+    if missing:
+        raise ValueError(f"state lacks {missing}: was it made by another optimizer? ({owner!r})")
+
+
+def check_leaf(path: str, p: Any, g: Any, bufs: Sequence[Any], like: Sequence[bool]) -> None:
+    """A trainable leaf: its grad matches the param; buffers ``like`` the param do too."""
+    if g is None:
+        raise ValueError(f"grads hold no gradient for trainable leaf {path!r}")
+    check_param(p, path)
+    if not isinstance(g, Tensor):
+        raise TypeError(f"grad at {path!r} is a {type(g).__name__}, expected a tensor")
+    if g.layout != torch.strided:
+        raise TypeError(f"grad at {path!r} has layout {g.layout}: sparse grads are not supported")
+    if g.shape != p.shape:
+        raise ValueError(f"grad at {path!r} has shape {tuple(g.shape)}, param has {tuple(p.shape)}")
+    if g.dtype != p.dtype:
+        raise ValueError(f"grad at {path!r} has dtype {g.dtype}, param has {p.dtype}")
+    if g.device != p.device:
+        raise ValueError(f"grad at {path!r} is on {g.device}, param on {p.device}")
+    for b, is_like in zip(bufs, like):
+        if not isinstance(b, Tensor):
+            raise TypeError(f"optimizer state at {path!r} is a {type(b).__name__}, not a tensor")
+        if b.numel() == 0 and p.numel() != 0:
+            raise ValueError(
+                f"leaf {path!r} is trainable but has no optimizer state (it was frozen at "
+                "init): call opt.transition(state, params, old_masks, new_masks) when the "
+                "masks change"
+            )
+        if is_like and b.shape != p.shape:
+            raise ValueError(
+                f"optimizer state at {path!r} has shape {tuple(b.shape)}, param has {tuple(p.shape)}"
+            )
+        if is_like and b.dtype != p.dtype:
+            raise ValueError(
+                f"optimizer state at {path!r} has dtype {b.dtype}, param has {p.dtype}"
+            )
+        if b.device != p.device:
+            raise ValueError(f"optimizer state at {path!r} is on {b.device}, param on {p.device}")
+
+
+def plain_leaf(p: Any, g: Any, bufs: Sequence[Any]) -> bool:
+    """Cheap test that a trainable leaf is valid, on CPU / CUDA, with grad and buffers of
+    its shape, dtype and one dense memory layout (then :func:`check_leaf` is not needed,
+    and every engine can take it: the fused kernels walk raw memory)."""
+    if type(p) not in _PLAIN or type(g) not in _PLAIN:
+        return False
+    if (
+        g.shape != p.shape
+        or g.dtype != p.dtype
+        or p.dtype not in _FLOAT_KINDS
+        or p.layout != torch.strided
+        or g.layout != torch.strided
+        or not (p.is_cpu and g.is_cpu or p.is_cuda and g.is_cuda and g.device == p.device)
+    ):
+        return False
+    for b in bufs:
+        if type(b) not in _PLAIN or b.shape != p.shape or b.dtype != p.dtype:
+            return False
+        if b.device != p.device:
+            return False
+    if p.is_contiguous() and g.is_contiguous() and all(b.is_contiguous() for b in bufs):
+        return True
+    return _dense(p) and g.stride() == p.stride() and all(b.stride() == p.stride() for b in bufs)
+
+
+def _dense(p: Tensor) -> bool:
+    """Non-overlapping and dense: the strides are a permutation of contiguous ones."""
+    expect = 1
+    for size, stride in sorted(zip(p.shape, p.stride()), key=lambda t: t[1]):
+        if size != 1 and stride != expect:
+            return False
+        expect *= size
+    return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def is_plain(t: Any) -> bool:
+    return type(t) in _PLAIN
+
+
+def check_no_aliasing(groups: Sequence[tuple[str, Sequence[tuple[str, Tensor]]]]) -> None:
+    """Refuse overlapping memory among tensors a donated update writes in place.
+
+    ``groups``: (kind, [(path, tensor), ...]) for params and each state column. Two
+    written tensors whose byte ranges overlap (one tensor at two keys, overlapping views,
+    moment buffers shared after loading) would be updated twice.
     """
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"{where}: {name} must be a pair (beta1, beta2), got {value!r}")
-    return tuple(  # type: ignore[return-value]
-        number(where, f"{name}[{i}]", b, low=0.0, high=1.0, high_open=True)
-        for i, b in enumerate(value)
-    )
+    spans: list[tuple[int, int, str]] = []
+    for kind, items in groups:
+        for path, t in items:
+            n = t.numel()
+            if n == 0:
+                continue
+            start = t.data_ptr()
+            spans.append((start, start + _extent(t), f"{kind} {path!r}"))
+    spans.sort()
+    end, a = -1, ""
+    for s1, e1, b in spans:
+        if s1 < end:
+            raise ValueError(
+                f"donate=True: {a} and {b} share memory, so an in-place update would write "
+                "it twice; pass distinct tensors (e.g. clone tied or loaded buffers) or use "
+                "the pure update (donate=False)"
+            )
+        if e1 > end:
+            end, a = e1, b
 
 
-def flag(where: str, name: str, value: Any) -> bool:
-    """A bool (``True`` / ``False`` only, not 0 / 1).
-
-    Args:
-      where: the factory's name.
-      name: the keyword's name.
-      value: what the caller passed.
-
-    Returns:
-      ``value``.
-
-    Example:
-      >>> flag("fc.rmsprop", "centered", True)
-      True
-    """
-    if not isinstance(value, bool):
-        raise TypeError(f"{where}: {name} must be a bool, got {type(value).__name__}: {value!r}")
-    return value
-
-
-def choice(where: str, name: str, value: Any, options: Sequence[Any]) -> Any:
-    """One of ``options``.
-
-    Args:
-      where: the factory's name.
-      name: the keyword's name.
-      value: what the caller passed.
-      options: the accepted values.
-
-    Returns:
-      ``value``.
-
-    Example:
-      >>> choice("fc.one_cycle", "anneal_strategy", "cos", ("cos", "linear"))
-      'cos'
-    """
-    if value not in options:
-        raise ValueError(f"{where}: {name} must be one of {list(options)}, got {value!r}")
-    return value
+def _extent(t: Tensor) -> int:
+    if t.is_contiguous():
+        return t.numel() * t.element_size()
+    span = 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
+    return span * t.element_size()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from . import _validate as V
+from . import _hparams as V
 
 Schedule = Callable[[int | torch.Tensor], float | torch.Tensor]
 

@@ -1,13 +1,17 @@
-"""SGD, Adam and AdamW as per-leaf rules for the shared driver (torch.optim's exact math)."""
+"""SGD, Adam and AdamW: per-leaf rules (torch.optim's exact math) with torch's fused
+kernels and the one-launch Triton kernels declared as their `fc.Kernels`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .driver import Optimizer
+from ._tree import PyTree
+from .leaf_rule import Kernels
 from .lr_schedules import Schedule
+from .optimizer import Optimizer
 
 Tensor = torch.Tensor
 
@@ -29,18 +33,8 @@ class SGDRule:
     def fields(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
-    @property
-    def needs_first_flag(self) -> bool:
-        # With zero dampening, buf = momentum * 0 + g on the first step: no flag needed.
-        return self.momentum != 0 and self.dampening != 0
-
     def init(self, p: Tensor) -> tuple[Tensor, ...]:
         return tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for _ in self.fields)
-
-    def fusable(self, p: Tensor) -> bool:
-        # torch's CPU ``_fused_sgd_`` leaves part of a float16 / bfloat16 tensor un-updated
-        # (seen on torch 2.13): those leaves take the reference path.
-        return not (p.device.type == "cpu" and p.dtype in (torch.float16, torch.bfloat16))
 
     def step(self, p, g, bufs, count, lr):
         if self.weight_decay != 0:
@@ -53,36 +47,52 @@ class SGDRule:
             bufs = (buf,)
         return p - lr * g, bufs
 
-    def multi(self, ps, gs, bufs, out_ps, out_bufs, counts, lrs):
-        from ._triton_kernels import sgd_multi
 
-        sgd_multi(
-            ps,
-            gs,
-            bufs[0] if bufs else [],
-            out_ps,
-            out_bufs[0] if out_bufs else [],
-            counts,
-            lrs,
-            momentum=self.momentum,
-            dampening=self.dampening,
-            nesterov=self.nesterov,
-            weight_decay=self.weight_decay,
-        )
+def _sgd_inplace(rule: SGDRule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    torch._fused_sgd_(
+        ps,
+        gs,
+        bufs[0] if bufs else [],
+        weight_decay=rule.weight_decay,
+        momentum=rule.momentum,
+        lr=lr,
+        dampening=rule.dampening,
+        nesterov=rule.nesterov,
+        maximize=maximize,
+        is_first_step=first,
+    )
 
-    def fused(self, ps, gs, bufs, counts, lr, first):
-        torch._fused_sgd_(
-            ps,
-            gs,
-            bufs[0] if bufs else [],
-            weight_decay=self.weight_decay,
-            momentum=self.momentum,
-            lr=lr,
-            dampening=self.dampening,
-            nesterov=self.nesterov,
-            maximize=False,
-            is_first_step=first,
-        )
+
+def _sgd_multi(rule: SGDRule, ps, gs, bufs, out_ps, out_bufs, counts, lrs) -> None:
+    from ._triton_kernels import sgd_multi
+
+    sgd_multi(
+        ps,
+        gs,
+        bufs[0] if bufs else [],
+        out_ps,
+        out_bufs[0] if out_bufs else [],
+        counts,
+        lrs,
+        momentum=rule.momentum,
+        dampening=rule.dampening,
+        nesterov=rule.nesterov,
+        weight_decay=rule.weight_decay,
+    )
+
+
+def _sgd_accepts(p: Tensor) -> bool:
+    # torch's CPU ``_fused_sgd_`` leaves part of a float16 / bfloat16 tensor un-updated
+    # (seen on torch 2.13): those leaves take the generic engine.
+    return not (p.device.type == "cpu" and p.dtype in (torch.float16, torch.bfloat16))
+
+
+def _sgd_kernels(rule: SGDRule) -> Kernels:
+    # With zero dampening, buf = momentum * 0 + g on the first step: no flag needed.
+    first = rule.momentum != 0 and rule.dampening != 0
+    return Kernels(
+        inplace=_sgd_inplace, multi=_sgd_multi, accepts=_sgd_accepts, needs_first_flag=first
+    )
 
 
 @dataclass(frozen=True)
@@ -94,16 +104,18 @@ class AdamRule:
     eps: float = 1e-8
     weight_decay: float = 0.0
     decoupled: bool = False
+    amsgrad: bool = False
 
-    fields = ("exp_avg", "exp_avg_sq")
-    needs_first_flag = False
+    @property
+    def fields(self) -> tuple[str, ...]:
+        base = ("exp_avg", "exp_avg_sq")
+        return (*base, "max_exp_avg_sq") if self.amsgrad else base
 
     def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        z = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return z, torch.zeros_like(z)
+        return tuple(torch.zeros_like(p, memory_format=torch.preserve_format) for _ in self.fields)
 
     def step(self, p, g, bufs, count, lr):
-        m, v = bufs
+        m, v = bufs[0], bufs[1]
         if self.weight_decay != 0:
             if self.decoupled:
                 p = p * (1 - lr * self.weight_decay)
@@ -114,46 +126,57 @@ class AdamRule:
         c = count.to(_opmath(p))
         bc1 = 1 - self.beta1**c
         bc2 = 1 - self.beta2**c
+        if self.amsgrad:
+            vmax = torch.maximum(bufs[2], v)
+            denom = vmax.sqrt() / bc2.sqrt() + self.eps
+            return p - (lr / bc1) * (m / denom), (m, v, vmax)
         denom = v.sqrt() / bc2.sqrt() + self.eps
         return p - (lr / bc1) * (m / denom), (m, v)
 
-    def multi(self, ps, gs, bufs, out_ps, out_bufs, counts, lrs):
-        from ._triton_kernels import adam_multi
 
-        adam_multi(
-            ps,
-            gs,
-            bufs[0],
-            bufs[1],
-            out_ps,
-            out_bufs[0],
-            out_bufs[1],
-            counts,
-            lrs,
-            beta1=self.beta1,
-            beta2=self.beta2,
-            eps=self.eps,
-            weight_decay=self.weight_decay,
-            decoupled=self.decoupled,
-        )
+def _adam_inplace(rule: AdamRule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    fn = torch._fused_adamw_ if rule.decoupled else torch._fused_adam_
+    fn(
+        ps,
+        gs,
+        bufs[0],
+        bufs[1],
+        bufs[2] if rule.amsgrad else [],
+        counts,
+        lr=lr,
+        beta1=rule.beta1,
+        beta2=rule.beta2,
+        weight_decay=rule.weight_decay,
+        eps=rule.eps,
+        amsgrad=rule.amsgrad,
+        maximize=maximize,
+    )
 
-    def fused(self, ps, gs, bufs, counts, lr, first):
-        fn = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
-        fn(
-            ps,
-            gs,
-            bufs[0],
-            bufs[1],
-            [],
-            counts,
-            lr=lr,
-            beta1=self.beta1,
-            beta2=self.beta2,
-            weight_decay=self.weight_decay,
-            eps=self.eps,
-            amsgrad=False,
-            maximize=False,
-        )
+
+def _adam_multi(rule: AdamRule, ps, gs, bufs, out_ps, out_bufs, counts, lrs) -> None:
+    from ._triton_kernels import adam_multi
+
+    adam_multi(
+        ps,
+        gs,
+        bufs[0],
+        bufs[1],
+        out_ps,
+        out_bufs[0],
+        out_bufs[1],
+        counts,
+        lrs,
+        beta1=rule.beta1,
+        beta2=rule.beta2,
+        eps=rule.eps,
+        weight_decay=rule.weight_decay,
+        decoupled=rule.decoupled,
+    )
+
+
+def _adam_kernels(rule: AdamRule) -> Kernels:
+    # The one-launch kernel has no AMSGrad variant: those take torch's fused kernel.
+    return Kernels(inplace=_adam_inplace, multi=None if rule.amsgrad else _adam_multi)
 
 
 def _check_hparams(**kw: float) -> None:
@@ -170,6 +193,10 @@ def sgd(
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+    weight_decay_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
+    differentiable: bool = False,
 ) -> Optimizer:
     """Stochastic gradient descent with torch.optim.SGD's exact update rule.
 
@@ -179,9 +206,13 @@ def sgd(
       dampening: dampening for momentum.
       nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
       weight_decay: L2 penalty added to the gradient.
+      maximize: ascend the objective instead of descending it (torch's ``maximize``).
+      weight_decay_mask: a pytree of bools like params, or a callable ``params -> pytree``;
+        leaves where it is False get no weight decay (torch: a ``weight_decay=0`` group).
+      differentiable: make ``update`` differentiable (torch's ``differentiable``).
 
     Returns:
-      An :class:`~funcurriculum.driver.Optimizer`.
+      An `fc.Optimizer`.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -195,17 +226,39 @@ def sgd(
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("nesterov momentum requires momentum > 0 and dampening == 0")
     rule = SGDRule(float(momentum), float(dampening), bool(nesterov), float(weight_decay))
-    return Optimizer(rule, lr, name="sgd")
+    return Optimizer(
+        rule,
+        lr,
+        name="sgd",
+        kernels=_sgd_kernels(rule),
+        elementwise=True,
+        maximize=maximize,
+        weight_decay_mask=weight_decay_mask,
+        differentiable=differentiable,
+    )
 
 
-def _adam_rule(betas, eps, weight_decay, decoupled) -> AdamRule:
+def _adam_rule(betas, eps, weight_decay, decoupled, amsgrad) -> AdamRule:
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair, got {betas!r}")
     b1, b2 = betas
     _check_hparams(eps=eps, weight_decay=weight_decay, beta1=b1, beta2=b2)
     if not (b1 < 1 and b2 < 1):
         raise ValueError(f"betas must be in [0, 1), got {betas!r}")
-    return AdamRule(float(b1), float(b2), float(eps), float(weight_decay), decoupled)
+    return AdamRule(float(b1), float(b2), float(eps), float(weight_decay), decoupled, bool(amsgrad))
+
+
+def _adam_optimizer(name, lr, rule, maximize, weight_decay_mask, differentiable) -> Optimizer:
+    return Optimizer(
+        rule,
+        lr,
+        name=name,
+        kernels=_adam_kernels(rule),
+        elementwise=True,
+        maximize=maximize,
+        weight_decay_mask=weight_decay_mask,
+        differentiable=differentiable,
+    )
 
 
 def adam(
@@ -213,6 +266,11 @@ def adam(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    *,
+    maximize: bool = False,
+    weight_decay_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
+    differentiable: bool = False,
 ) -> Optimizer:
     """Adam with torch.optim.Adam's exact update rule (``weight_decay`` is L2 on the grad).
 
@@ -224,9 +282,14 @@ def adam(
       betas: coefficients of the running averages.
       eps: added to the denominator.
       weight_decay: L2 penalty added to the gradient.
+      amsgrad: use the running maximum of the second moment (AMSGrad).
+      maximize: ascend the objective instead of descending it (torch's ``maximize``).
+      weight_decay_mask: a pytree of bools like params, or a callable ``params -> pytree``;
+        leaves where it is False get no weight decay (torch: a ``weight_decay=0`` group).
+      differentiable: make ``update`` differentiable (torch's ``differentiable``).
 
     Returns:
-      An :class:`~funcurriculum.driver.Optimizer`.
+      An `fc.Optimizer`.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -236,7 +299,8 @@ def adam(
       >>> p["w"]
       tensor([0.9000, 0.9000])
     """
-    return Optimizer(_adam_rule(betas, eps, weight_decay, False), lr, name="adam")
+    rule = _adam_rule(betas, eps, weight_decay, False, amsgrad)
+    return _adam_optimizer("adam", lr, rule, maximize, weight_decay_mask, differentiable)
 
 
 def adamw(
@@ -244,6 +308,11 @@ def adamw(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+    *,
+    maximize: bool = False,
+    weight_decay_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
+    differentiable: bool = False,
 ) -> Optimizer:
     """AdamW with torch.optim.AdamW's exact update rule (decoupled weight decay).
 
@@ -252,9 +321,15 @@ def adamw(
       betas: coefficients of the running averages.
       eps: added to the denominator.
       weight_decay: decoupled decay: ``p *= 1 - lr * weight_decay`` each step.
+      amsgrad: use the running maximum of the second moment (AMSGrad).
+      maximize: ascend the objective instead of descending it (torch's ``maximize``).
+      weight_decay_mask: a pytree of bools like params, or a callable ``params -> pytree``;
+        leaves where it is False get no weight decay (the BERT / timm recipe: no decay for
+        biases and norm weights; torch: a ``weight_decay=0`` group).
+      differentiable: make ``update`` differentiable (torch's ``differentiable``).
 
     Returns:
-      An :class:`~funcurriculum.driver.Optimizer`.
+      An `fc.Optimizer`.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -264,4 +339,5 @@ def adamw(
       >>> p["w"]
       tensor([0.9000, 0.9000])
     """
-    return Optimizer(_adam_rule(betas, eps, weight_decay, True), lr, name="adamw")
+    rule = _adam_rule(betas, eps, weight_decay, True, amsgrad)
+    return _adam_optimizer("adamw", lr, rule, maximize, weight_decay_mask, differentiable)

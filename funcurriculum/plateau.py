@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import _validate as V
+from . import _hparams as V
 
 Tensor = torch.Tensor
 

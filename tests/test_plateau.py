@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcurriculum as fc
-from funcurriculum import driver
 
 
 def torch_scales(metrics, **kw):
@@ -131,7 +130,6 @@ def test_bad_arguments(kw):
         fc.reduce_on_plateau(**kw)
 
 
-@pytest.mark.skipif(not hasattr(driver, "Kernels"), reason="needs the engine's lr_scale")
 def test_optimizer_lr_is_scaled_like_torch():
     """SGD with lr 0.1 and a plateau equals torch's SGD + ReduceLROnPlateau step by step."""
     opt = fc.sgd(0.1)

@@ -3,14 +3,14 @@ plumbing from a factory's keywords to `Optimizer`."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
-from .. import _validate as V
-from ..driver import Optimizer
+from .. import _hparams as V
+from ..leaf_rule import Kernels
 from ..lr_schedules import Schedule
+from ..optimizer import Optimizer
 
 Tensor = torch.Tensor
 
@@ -53,9 +53,6 @@ def refuse_complex(p: Tensor, where: str) -> None:
         )
 
 
-_ENGINE_KEYWORDS = frozenset(inspect.signature(Optimizer.__init__).parameters)
-
-
 def build(
     rule: Any,
     lr: float | Schedule,
@@ -79,11 +76,6 @@ def build(
         "weight_decay_mask": weight_decay_mask,
         "kernels": kernels,
     }
-    missing = [k for k in kw if k not in _ENGINE_KEYWORDS]
-    if missing:  # pragma: no cover - the engine without these keywords (before "engine:")
-        if maximize or differentiable or weight_decay_mask is not None:
-            raise NotImplementedError(f"{where}: this engine has no {missing}")
-        kw = {k: v for k, v in kw.items() if k in _ENGINE_KEYWORDS}
     return Optimizer(rule, lr, **kw)
 
 
@@ -105,11 +97,6 @@ def _plain_float(p: Tensor) -> bool:
     return p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
 
 
-def kernels(inplace: Any, accepts: Any = _plain_float) -> Any:
-    """``Kernels(inplace=..., accepts=...)`` for a rule (``None`` on an engine without them)."""
-    from .. import driver
-
-    cls = getattr(driver, "Kernels", None)
-    if cls is None:  # pragma: no cover - the engine before "engine:" landed
-        return None
-    return cls(inplace=inplace, accepts=accepts)
+def kernels(inplace: Any, accepts: Any = _plain_float) -> Kernels:
+    """The `Kernels` a rule declares: an in-place multi-tensor update and its veto."""
+    return Kernels(inplace=inplace, accepts=accepts)

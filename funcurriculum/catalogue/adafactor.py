@@ -9,24 +9,22 @@ from typing import Any
 import torch
 from torch.optim._adafactor import adafactor as _torch_adafactor
 
-from .. import _validate as V
-from ..driver import Optimizer
+from .. import _hparams as V
 from ..lr_schedules import Schedule
+from ..optimizer import Optimizer
 from ._common import build, cast, kernels, lr64, refuse_complex, step64, torch_steps, zeros
 
 Tensor = torch.Tensor
-
-_NONE = torch.Size([0])
-
 
 @dataclass(frozen=True)
 class AdafactorRule:
     """torch.optim.Adafactor's update for one leaf.
 
     State: for a leaf of 2 or more dims, ``row_var`` (the last dim reduced to 1) and
-    ``col_var`` (the second-to-last reduced to 1), with ``variance`` an empty
-    placeholder; for a vector or scalar, ``variance`` shaped like the leaf and the other
-    two empty. torch keeps only the buffers a leaf uses; the placeholders hold no data.
+    ``col_var`` (the second-to-last reduced to 1), with ``variance`` a 0-d placeholder;
+    for a vector or scalar, ``variance`` shaped like the leaf and the other two 0-d
+    placeholders. torch keeps only the buffers a leaf uses; a placeholder is one unused
+    element (zero-size buffers mean "frozen at init" to the engine).
     """
 
     beta2_decay: float = -0.8
@@ -39,12 +37,11 @@ class AdafactorRule:
 
     def init(self, p: Tensor) -> tuple[Tensor, ...]:
         refuse_complex(p, "fc.adafactor")
-        empty = torch.empty(_NONE, dtype=p.dtype, device=p.device)
         if p.dim() > 1:
             row = p.new_zeros((*p.shape[:-1], 1))
             col = p.new_zeros((*p.shape[:-2], 1, p.shape[-1]))
-            return row, col, empty
-        return empty, empty.clone(), zeros(p)
+            return row, col, p.new_zeros(())
+        return p.new_zeros(()), p.new_zeros(()), zeros(p)
 
     def step(self, p, g, bufs, count, lr):
         row, col, var = bufs

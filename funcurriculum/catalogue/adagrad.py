@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from .. import _validate as V
-from ..driver import Optimizer
+from .. import _hparams as V
 from ..lr_schedules import Schedule
+from ..optimizer import Optimizer
 from ._common import build, cast, kernels, step64
 
 Tensor = torch.Tensor

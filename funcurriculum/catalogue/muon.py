@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from .. import _validate as V
-from ..driver import Optimizer
+from .. import _hparams as V
 from ..lr_schedules import Schedule
+from ..optimizer import Optimizer
 from ._common import build, cast, refuse_complex, zeros
 
 Tensor = torch.Tensor

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch.optim.nadam import nadam as _torch_nadam
 
-from .. import _validate as V
-from ..driver import Optimizer
+from .. import _hparams as V
 from ..lr_schedules import Schedule
+from ..optimizer import Optimizer
 from ._common import build, cast, kernels, step64, torch_steps, zeros
 
 Tensor = torch.Tensor
@@ -19,7 +19,9 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class NAdamRule:
     """torch.optim.NAdam's update for one leaf (state: ``exp_avg``, ``exp_avg_sq`` and
-    ``mu_product``, a float32 0-d product of the momentum schedule, as torch keeps it)."""
+    ``mu_product``, the float32 product of the momentum schedule, as torch keeps it: 0-d,
+    or of shape ``(1,)`` for a 0-d leaf, so that it is never taken for a buffer shaped
+    like the leaf)."""
 
     beta1: float = 0.9
     beta2: float = 0.999
@@ -31,7 +33,8 @@ class NAdamRule:
     fields = ("exp_avg", "exp_avg_sq", "mu_product")
 
     def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        return zeros(p), zeros(p), torch.ones((), dtype=torch.float32, device=p.device)
+        shape = () if p.dim() else (1,)
+        return zeros(p), zeros(p), torch.ones(shape, dtype=torch.float32, device=p.device)
 
     def step(self, p, g, bufs, count, lr):
         m, v, mu_product = bufs
@@ -48,7 +51,7 @@ class NAdamRule:
         m = torch.lerp(m, g, 1 - b1)
         v = torch.addcmul(v * self.beta2, g, g, value=1 - self.beta2)
         denom = (v / cast(1 - self.beta2**t, p)).sqrt() + self.eps
-        prod = mu_product.to(torch.float64)
+        prod = mu_product.to(torch.float64).reshape(())
         c_grad = cast(-lr * (1.0 - mu) / (1.0 - prod), p)
         c_avg = cast(-lr * mu_next / (1.0 - prod * mu_next), p)
         p = p + c_grad * (g / denom)

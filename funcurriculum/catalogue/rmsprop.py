@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch.optim.rmsprop import rmsprop as _torch_rmsprop
 
-from .. import _validate as V
-from ..driver import Optimizer
+from .. import _hparams as V
 from ..lr_schedules import Schedule
+from ..optimizer import Optimizer
 from ._common import build, cast, kernels, torch_steps, zeros
 
 Tensor = torch.Tensor

@@ -1,6 +1,7 @@
 """DTensor leaves in the shared driver: updates run on the local shards, no communication.
 
-``Optimizer.update`` hands trees holding :class:`torch.distributed.tensor.DTensor` leaves
+``Optimizer.update`` hands trees holding (this module registers itself as the tree
+engine for them, see `funcurriculum.engines.registry`) :class:`torch.distributed.tensor.DTensor` leaves
 (from ``distribute_tensor`` or FSDP2's ``fully_shard``) to :func:`update_local`: each
 DTensor param, grad and moment buffer is replaced by its local shard, the ordinary driver
 runs on those plain tensors (so the fused multi-tensor kernels apply, and DTensor's
@@ -20,6 +21,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from .._tree import PyTree, align, flatten, spec_paths, unflatten
+from ..engines import registry
 
 Tensor = torch.Tensor
 
@@ -97,3 +99,10 @@ def update_local(
             spec, [_wrap(n, o, lo) for n, o, lo in zip(new_col, cols[f], loc_cols[f])]
         )
     return unflatten(spec, out_p), new_state
+
+
+def _claims(leaves: Any) -> bool:
+    return any(isinstance(x, DTensor) for x in leaves)
+
+
+registry.register("dtensor", _claims, update_local)

@@ -256,6 +256,6 @@ def shard_optimizer(
       >>> import funcurriculum as fc, funcurriculum.distributed as fcd
       >>> sharded = fcd.shard_optimizer(fc.adam(1e-3))  # needs init_process_group first
       >>> sharded
-      shard_optimizer(adam(lr=0.001, AdamRule(beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0, decoupled=False)))
+      shard_optimizer(adam(lr=0.001, AdamRule(beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0, decoupled=False, amsgrad=False)))
     """
     return ShardedOptimizer(opt, group, bucket_cap_mb)

@@ -1,0 +1,479 @@
+"""The optimizer interface: ``init``, pure ``update`` and ``transition`` for any rule.
+
+An :class:`Optimizer` wraps a per-leaf rule (`funcurriculum.leaf_rule`) and owns
+everything else: tree alignment and validation (`funcurriculum._validate`), masks (frozen
+leaves are never read or written; bool-tensor masks under ``vmap`` / ``torch.compile``
+are honoured per member), per-leaf LR coefficients and step counts
+(`funcurriculum._counts`), the lr schedule, ``maximize``, complex leaves (as real pairs,
+like torch.optim), half-precision leaves (computed in float32), weight-decay masks,
+purity and buffer donation, and which engine runs each leaf (`funcurriculum.engines`).
+
+State layout (a plain dict, so ``torch.func.vmap`` and ``fc.save`` handle it)::
+
+    {"step":  0-d int64 tensor (CPU)   completed updates (drives the lr schedule),
+     "count": tree like params          each leaf's own completed updates (float32, 0-d),
+     <field>: tree like params          one per buffer of the rule}
+
+An optional ``"lr_scale"`` entry (a 0-d tensor, e.g. from `fc.reduce_on_plateau`)
+multiplies the scheduled lr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from . import _validate as V
+from ._counts import increment, zero_counts
+from ._tree import PyTree, align, flatten, spec_paths, unflatten
+from .engines import Job, check_engine, fused, generic, reference, registry, triton
+from .leaf_rule import Kernels, LeafRule
+from .lr_schedules import Schedule, as_schedule
+
+Tensor = torch.Tensor
+
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("fc_engine", default=None)
+
+WAVE_ELEMS = 1 << 20
+"""Default elements per cache-sized chunk of the CPU engines (``Optimizer(wave_elems=)``)."""
+
+
+@contextlib.contextmanager
+def force_reference(enabled: bool = True) -> Iterator[None]:
+    """Run every ``update`` in this context (this thread / task only) on the reference
+    engine, the rule's per-leaf math (tests, debugging). Scoped: other threads and
+    tasks keep their engines.
+
+    Args:
+      enabled: False lifts an enclosing ``force_reference``.
+
+    Yields:
+      Nothing: the engine choice holds inside the ``with`` block.
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> opt, p = fc.sgd(0.5), {"w": torch.ones(2)}
+      >>> with fc.force_reference():
+      ...     new, _ = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
+      >>> new["w"]
+      tensor([0.5000, 0.5000])
+    """
+    token = _FORCED.set("reference" if enabled else None)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+class Optimizer:
+    """A functional optimizer over pytrees: ``init``, pure ``update``, ``transition``.
+
+    Args:
+      rule: the per-leaf math (`fc.LeafRule`: ``fields``, ``init(p)``, ``step``).
+      lr: a float or a schedule ``step -> lr`` of the completed-update count.
+      name: a display name.
+      kernels: optional fast kernels (`fc.Kernels`); without them every path still works.
+      elementwise: the rule's ``step`` is elementwise (buffers shaped like the leaf): the
+        generic engine may run it on cache-sized chunks.
+      maximize: ascend instead of descend (the grads are negated).
+      weight_decay_mask: pytree of bools like params, or a callable ``params -> pytree``;
+        leaves where it is False get the rule with ``weight_decay=0`` (the rule must be a
+        dataclass with a ``weight_decay`` field).
+      differentiable: ``update`` is differentiable (autograd, ``torch.func.grad``) with
+        respect to params, grads and coefficients; it always takes the reference engine.
+      engine: ``"auto"`` (default: the fastest correct engine per leaf), ``"reference"``,
+        ``"generic"`` (ignore the kernels), ``"fused"`` (no Triton) or ``"triton"`` (also on
+        CPU, in Triton's interpreter: tests). `update` can override it per call.
+      wave_elems: chunk size of the CPU engines (0: the fused engine clones whole leaves).
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> opt = fc.Optimizer(fc.optimizers.SGDRule(), lr=0.5, name="sgd")
+      >>> p = {"w": torch.ones(2)}
+      >>> opt.update(p, {"w": torch.ones(2)}, opt.init(p))[0]["w"]
+      tensor([0.5000, 0.5000])
+    """
+
+    def __init__(
+        self,
+        rule: LeafRule,
+        lr: float | Schedule,
+        name: str = "optimizer",
+        *,
+        kernels: Kernels | None = None,
+        elementwise: bool = False,
+        maximize: bool = False,
+        weight_decay_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
+        differentiable: bool = False,
+        engine: str = "auto",
+        wave_elems: int = WAVE_ELEMS,
+    ):
+        for attr in ("fields", "init", "step"):
+            if not hasattr(rule, attr):
+                raise TypeError(f"rule {rule!r} lacks {attr!r} (a rule needs fields, init, step)")
+        if kernels is not None and not isinstance(kernels, Kernels):
+            raise TypeError(f"kernels must be an fc.Kernels, got {type(kernels).__name__}")
+        self.rule = rule
+        self.lr = lr
+        self.name = name
+        self.kernels = kernels
+        self.elementwise = bool(elementwise)
+        self.maximize = bool(maximize)
+        self.differentiable = bool(differentiable)
+        self.engine = check_engine(engine)
+        self.wave_elems = int(wave_elems)
+        self.weight_decay_mask = weight_decay_mask
+        self._no_decay = None
+        if weight_decay_mask is not None:
+            if not dataclasses.is_dataclass(rule) or "weight_decay" not in {
+                f.name for f in dataclasses.fields(rule)
+            }:
+                raise TypeError(f"weight_decay_mask needs a rule with weight_decay, got {rule!r}")
+            self._no_decay = dataclasses.replace(rule, weight_decay=0.0)
+        self._schedule = as_schedule(lr)
+        self._constant_lr = None if callable(lr) else float(lr)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(lr={self.lr!r}, {self.rule!r})"
+
+    def with_engine(self, engine: str | None = None, *, wave_elems: int | None = None):
+        """The same optimizer (rule, lr, options, state layout) with another engine choice.
+
+        Args:
+          engine: see the class (``None``: keep this optimizer's).
+          wave_elems: chunk size of the CPU engines (``None``: keep this optimizer's).
+
+        Returns:
+          A new `Optimizer`; ``self`` is unchanged.
+
+        Example:
+          >>> import funcurriculum as fc
+          >>> fc.adam(1e-3).with_engine("generic").engine
+          'generic'
+        """
+        new = copy.copy(self)
+        if engine is not None:
+            new.engine = check_engine(engine)
+        if wave_elems is not None:
+            new.wave_elems = int(wave_elems)
+        return new
+
+    # -- init ----------------------------------------------------------------------
+    def init(self, params: PyTree, masks: PyTree | None = None) -> dict[str, Any]:
+        """Fresh optimizer state for ``params``.
+
+        Args:
+          params: pytree of tensors.
+          masks: optional bool pytree (True = trainable); leaves frozen there (a Python
+            ``False``) hold zero-size buffers, materialised by :meth:`transition` when
+            they are unfrozen. Bool-tensor masks (dynamic) allocate every buffer.
+
+        Returns:
+          The state dict (see the module docstring for its layout).
+
+        Example:
+          >>> import torch, funcurriculum as fc
+          >>> sorted(fc.adam(1e-3).init({"w": torch.zeros(3)}))
+          ['count', 'exp_avg', 'exp_avg_sq', 'step']
+        """
+        leaves, spec = flatten(params)
+        paths = spec_paths(spec)
+        V.check_params(leaves, paths)
+        ms = V.masks_of(
+            None if masks is None else align(masks, spec, paths, "masks"), paths, dynamic=True
+        )
+        counts = zero_counts([p.device for p in leaves])
+        cols: list[list[Tensor]] = [[] for _ in self.rule.fields]
+        for p, m, path in zip(leaves, ms, paths):
+            fresh = self._fresh(p, path) if m is not False else [_empty(p) for _ in cols]
+            for col, b in zip(cols, fresh):
+                col.append(b)
+        return self._assemble({"step": torch.zeros((), dtype=torch.int64)}, spec, counts, cols)
+
+    # -- transition ----------------------------------------------------------------
+    def transition(
+        self, state: dict[str, Any], params: PyTree, old_masks: PyTree, new_masks: PyTree
+    ) -> dict[str, Any]:
+        """Fresh state for leaves frozen in ``old_masks`` and trainable in ``new_masks``.
+
+        Every other leaf's state is passed through untouched (same tensors); the global
+        step (and so the lr schedule) goes on. With bool-tensor masks (under ``vmap``,
+        one per member) exactly the members that just unfroze a leaf get fresh state.
+        The input is not modified.
+
+        Args:
+          state: the optimizer state.
+          params: the params (for shapes, dtypes, devices of fresh buffers).
+          old_masks: masks in force so far.
+          new_masks: masks from now on.
+
+        Returns:
+          The new state.
+
+        Example:
+          >>> import torch, funcurriculum as fc
+          >>> p = {"a": torch.zeros(2), "b": torch.zeros(2)}
+          >>> opt = fc.adam(0.1)
+          >>> old, new = {"a": True, "b": False}, {"a": True, "b": True}
+          >>> opt.transition(opt.init(p, old), p, old, new)["exp_avg"]["b"].shape
+          torch.Size([2])
+        """
+        leaves, spec = flatten(params)
+        paths = spec_paths(spec)
+        V.check_params(leaves, paths)
+        dyn = V.functorch_active() or V.compiling()
+        old = V.masks_of(align(old_masks, spec, paths, "old_masks"), paths, dyn)
+        new = V.masks_of(align(new_masks, spec, paths, "new_masks"), paths, dyn)
+        V.check_state(state, self.rule.fields, self)
+        counts = list(align(state["count"], spec, paths, "state['count']"))
+        cols = [list(align(state[f], spec, paths, f"state[{f!r}]")) for f in self.rule.fields]
+        for i, (p, o, n) in enumerate(zip(leaves, old, new)):
+            if isinstance(o, bool) and isinstance(n, bool):
+                if n and not o:
+                    counts[i] = torch.zeros_like(torch.as_tensor(counts[i], dtype=torch.float32))
+                    for col, b in zip(cols, self._fresh(p, paths[i])):
+                        col[i] = b
+                continue
+            on = torch.as_tensor(n, device=p.device) & ~torch.as_tensor(o, device=p.device)
+            c = torch.as_tensor(counts[i], dtype=torch.float32)
+            counts[i] = torch.where(on, torch.zeros_like(c), c)
+            for col, b in zip(cols, self._fresh(p, paths[i])):
+                col[i] = torch.where(on, b, col[i]) if col[i].shape == b.shape else b
+        return self._assemble(dict(state), spec, counts, cols)
+
+    # -- update ----------------------------------------------------------------------
+    def update(
+        self,
+        params: PyTree,
+        grads: PyTree,
+        state: dict[str, Any],
+        masks: PyTree | None = None,
+        coeffs: PyTree | None = None,
+        *,
+        donate: bool = False,
+        engine: str | None = None,
+    ) -> tuple[PyTree, dict[str, Any]]:
+        """One optimizer step; pure unless ``donate``.
+
+        Frozen leaves (``masks`` False) are neither read nor written: their params and
+        state come back as the very same tensors. A trainable leaf ``i`` moves with
+        ``lr(step) * coeffs[i]`` (a coefficient of 0 leaves it in place while its state
+        advances). Every check runs before anything is written.
+
+        Args:
+          params: pytree of tensors.
+          grads: same structure (``None`` allowed at frozen leaves), or the trainable
+            part from `fc.partition` (frozen keys absent).
+          state: from :meth:`init` / a previous update.
+          masks: bool pytree, True = trainable; ``None`` = all trainable. Leaves may be
+            bool tensors: 0-d ones read as bools, batched ones under ``vmap`` give every
+            member its own frozen set.
+          coeffs: float (or 0-d tensor) pytree; ``None`` = all 1.0.
+          donate: reuse the buffers of ``params`` and ``state`` (updated in place); the old
+            objects must not be used afterwards. Ignored under ``torch.func`` transforms
+            and with ``differentiable=True``. Overlapping buffers are refused.
+          engine: override the optimizer's engine for this call (see the class).
+
+        Returns:
+          ``(new_params, new_state)``.
+
+        Example:
+          >>> import torch, funcurriculum as fc
+          >>> opt = fc.sgd(0.5)
+          >>> p = {"w": torch.ones(2)}
+          >>> new, _ = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
+          >>> new["w"], p["w"]
+          (tensor([0.5000, 0.5000]), tensor([1., 1.]))
+        """
+        leaves, spec = flatten(params)
+        tree_engine = registry.find(leaves)
+        if tree_engine is not None:
+            return tree_engine(self, params, grads, state, masks, coeffs, donate)
+        paths = spec_paths(spec)
+        transformed = V.functorch_active()
+        traced = transformed or V.compiling()
+        if traced or self.differentiable:
+            engine, donate = "reference", False
+        else:  # (a ContextVar read cannot be traced)
+            engine = _FORCED.get() or (self.engine if engine is None else check_engine(engine))
+        grads_l = list(align(grads, spec, paths, "grads", allow_missing=True))
+        ms = V.masks_of(
+            None if masks is None else align(masks, spec, paths, "masks"), paths, traced
+        )
+        coeffs_l = None if coeffs is None else align(coeffs, spec, paths, "coeffs")
+        V.check_state(state, self.rule.fields, self)
+        counts = list(align(state["count"], spec, paths, "state['count']"))
+        cols = [list(align(state[f], spec, paths, f"state[{f!r}]")) for f in self.rule.fields]
+        no_decay = self._no_decay_flags(params, spec, paths)
+
+        # 1. validate every trainable leaf (nothing is written before this is done)
+        active, dyn, plain, lr_of = [], {}, set(), {}
+        lr = self._lr_at(state, traced)
+        for i, m in enumerate(ms):
+            if m is False:
+                continue
+            p, g = leaves[i], grads_l[i]
+            bufs = [c[i] for c in cols]
+            if V.plain_leaf(p, g, bufs):
+                plain.add(i)
+            else:
+                V.check_leaf(paths[i], p, g, bufs, [_like(b, p) for b in bufs])
+            c = 1.0 if coeffs_l is None else coeffs_l[i]
+            if type(c) is not float or not 0.0 <= c < float("inf"):
+                c = V.coeff_value(c, paths[i], transformed)
+            if not isinstance(counts[i], Tensor):
+                counts[i] = torch.tensor(float(counts[i]), dtype=torch.float32, device=p.device)
+            if m is not True:
+                dyn[i] = m
+            active.append(i)
+            lr_of[i] = lr * c
+        if donate:
+            V.check_no_aliasing(_written(active, paths, leaves, cols, counts, self.rule.fields))
+
+        # 2. complex leaves as real pairs (views: in-place kernels write through them)
+        cplx = [i for i in active if leaves[i].is_complex()]
+        originals = {i: (leaves[i], [c[i] for c in cols]) for i in cplx}
+        for i in cplx:
+            leaves[i], grads_l[i] = torch.view_as_real(leaves[i]), torch.view_as_real(grads_l[i])
+            for c in cols:
+                if c[i].is_complex():
+                    c[i] = torch.view_as_real(c[i])
+            if V.plain_leaf(leaves[i], grads_l[i], [c[i] for c in cols]):
+                plain.add(i)
+
+        # 3. run the engines, one group per rule variant
+        if not traced:
+            increment(counts, active, inplace=donate)
+        step = state["step"]
+        with torch.no_grad() if not self.differentiable else contextlib.nullcontext():
+            for rule, idx in self._by_rule(active, no_decay):
+                job = Job(
+                    rule, self.kernels, idx, lr_of, leaves, grads_l, cols, counts,
+                    donate, self.maximize, self.wave_elems,
+                )  # fmt: skip
+                self._run(job, engine, plain, dyn, transformed, traced)
+            if donate and not traced:
+                new_step = step.add_(1)
+            else:
+                new_step = step + 1
+
+        for i, (p0, bufs0) in originals.items():
+            leaves[i] = engines_keep(torch.view_as_complex(leaves[i]), p0, traced)
+            for c, b0 in zip(cols, bufs0):
+                if b0.is_complex():
+                    c[i] = torch.view_as_complex(c[i])
+        out = dict(state)
+        out["step"] = new_step
+        return unflatten(spec, leaves), self._assemble(out, spec, counts, cols)
+
+    # -- internals ---------------------------------------------------------------------
+    def _run(self, job: Job, engine: str, plain: set, dyn: dict, transformed: bool, traced: bool):
+        if engine == "reference":
+            reference.run(job, transformed=transformed, incremented=not traced, dyn=dyn)
+            return
+        k = self.kernels
+        if engine != "generic" and k is not None and (k.inplace or k.multi):
+            ok = [
+                i for i in job.idx if i in plain and (k.accepts is None or k.accepts(job.leaves[i]))
+            ]
+            rest = [i for i in job.idx if i not in set(ok)]
+            if ok and k.multi is not None and engine in ("auto", "triton"):
+                on_cpu = engine == "triton"
+                if on_cpu or any(job.leaves[i].is_cuda for i in ok):
+                    ok = triton.run(dataclasses.replace(job, idx=ok), on_cpu=on_cpu)
+            if ok and k.inplace is not None:
+                fused.run(dataclasses.replace(job, idx=ok))
+            elif ok:
+                rest = ok + rest
+            job = dataclasses.replace(job, idx=rest)
+        if not job.idx:
+            return
+        chunked = [i for i in job.idx if i in plain]
+        if chunked:
+            generic.run(dataclasses.replace(job, idx=chunked), elementwise=self.elementwise)
+        others = [i for i in job.idx if i not in plain]
+        if others:
+            reference.run(
+                dataclasses.replace(job, idx=others),
+                transformed=False, incremented=True, dyn={},
+            )  # fmt: skip
+
+    def _by_rule(self, active: list[int], no_decay: list[bool] | None):
+        if no_decay is None:
+            return [(self.rule, active)]
+        a = [i for i in active if not no_decay[i]]
+        b = [i for i in active if no_decay[i]]
+        return [(r, idx) for r, idx in ((self.rule, a), (self._no_decay, b)) if idx]
+
+    def _no_decay_flags(self, params, spec, paths) -> list[bool] | None:
+        wdm = self.weight_decay_mask
+        if wdm is None:
+            return None
+        tree = wdm(params) if callable(wdm) else wdm
+        out = []
+        for m, path in zip(align(tree, spec, paths, "weight_decay_mask"), paths):
+            if not isinstance(m, bool):
+                raise TypeError(
+                    f"weight_decay_mask at {path!r} must be a bool, got {type(m).__name__}"
+                )
+            out.append(not m)
+        return out
+
+    def _fresh(self, p: Tensor, path: str) -> tuple[Tensor, ...]:
+        try:
+            return tuple(self.rule.init(p))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{self.name}: leaf {path!r}: {exc}") from exc
+
+    def _assemble(self, out: dict, spec, counts, cols) -> dict[str, Any]:
+        out["count"] = unflatten(spec, counts)
+        for name, col in zip(self.rule.fields, cols):
+            out[name] = unflatten(spec, col)
+        return out
+
+    def _check_state(self, state: Any) -> None:
+        V.check_state(state, self.rule.fields, self)
+
+    def _lr_at(self, state: dict[str, Any], traced: bool) -> Any:
+        step = state["step"]
+        scale = state.get("lr_scale")
+        if self._constant_lr is not None:
+            lr = self._constant_lr
+        elif traced:
+            lr = self._schedule(step)
+        else:
+            s = int(step)
+            lr = V.lr_value(self._schedule(s), s)
+        if scale is None:
+            return lr
+        if traced or not isinstance(scale, Tensor) or scale.device.type != "cpu":
+            return lr * scale
+        return lr * float(scale)
+
+
+def engines_keep(new: Tensor, old: Tensor, traced: bool) -> Tensor:
+    from .engines import keep_flag
+
+    return new if traced else keep_flag(new, old)
+
+
+def _like(b: Any, p: Tensor) -> bool:
+    """Whether buffer ``b`` is meant to be shaped like its leaf (factored ones are not)."""
+    return isinstance(b, Tensor) and b.dim() == p.dim() and b.numel() in (p.numel(), 0)
+
+
+def _written(active, paths, leaves, cols, counts, fields):
+    yield "params", [(paths[i], leaves[i]) for i in active]
+    yield "state['count']", [(paths[i], counts[i]) for i in active]
+    for f, c in zip(fields, cols):
+        yield f"state[{f!r}]", [(paths[i], c[i]) for i in active]
+
+
+def _empty(p: Tensor) -> Tensor:
+    return torch.empty((0,), dtype=p.dtype, device=p.device)
