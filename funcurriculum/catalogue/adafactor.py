@@ -16,6 +16,7 @@ from ._common import build, cast, kernels, lr64, refuse_complex, step64, torch_s
 
 Tensor = torch.Tensor
 
+
 @dataclass(frozen=True)
 class AdafactorRule:
     """torch.optim.Adafactor's update for one leaf.
