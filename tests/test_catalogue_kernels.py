@@ -43,7 +43,7 @@ SHAPES = [(4, 3), (5,), (2, 3, 4), ()]
 @pytest.mark.parametrize("case", CASES, ids=[f"{n}-{kw}" for n, kw in CASES])
 def test_kernel_equals_reference_step(case, dtype, maximize):
     name, kw = case
-    module = importlib.import_module(f"funcurriculum.catalogue.{name}")
+    module = importlib.import_module(f"funcurriculum.catalogue._{name}")
     kernel = getattr(module, KERNELS[name])
     rule = getattr(fc, name)(0.01, **kw).rule
     gen = torch.Generator().manual_seed(0)

@@ -92,6 +92,7 @@ PAGES = [
     "docs/concepts.md",
     "docs/ensembles.md",
     "docs/migration.md",
+    "docs/catalogue.md",
 ]
 _BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
 

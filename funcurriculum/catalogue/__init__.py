@@ -4,15 +4,15 @@ One module per optimizer, each a frozen-dataclass rule (torch.optim's per-leaf m
 a factory with torch.optim's keyword names and defaults. See docs/catalogue.md.
 """
 
-from .adadelta import AdadeltaRule, adadelta
-from .adafactor import AdafactorRule, adafactor
-from .adagrad import AdagradRule, adagrad
-from .adamax import AdamaxRule, adamax
-from .lion import LionRule, lion
-from .muon import MuonRule, muon
-from .nadam import NAdamRule, nadam
-from .radam import RAdamRule, radam
-from .rmsprop import RMSpropRule, rmsprop
+from ._adadelta import AdadeltaRule, adadelta
+from ._adafactor import AdafactorRule, adafactor
+from ._adagrad import AdagradRule, adagrad
+from ._adamax import AdamaxRule, adamax
+from ._lion import LionRule, lion
+from ._muon import MuonRule, muon
+from ._nadam import NAdamRule, nadam
+from ._radam import RAdamRule, radam
+from ._rmsprop import RMSpropRule, rmsprop
 
 __all__ = [
     "AdadeltaRule",

@@ -119,7 +119,7 @@ def nadam(
       >>> p = {"w": torch.ones(2)}
       >>> p, state = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
       >>> sorted(state), p["w"]
-      (['count', 'exp_avg', 'exp_avg_sq', 'mu_product', 'step'], tensor([0.9000, 0.9000]))
+      (['count', 'exp_avg', 'exp_avg_sq', 'mu_product', 'step'], tensor([0.8944, 0.8944]))
     """
     w = "fc.nadam"
     b1, b2 = V.betas(w, betas)
