@@ -9,7 +9,9 @@ interleaved round by round, each case keeping its own params/state chain:
   counterpart: its baseline is a hand-written ``torch.optim.Optimizer`` (for-loop and
   ``_foreach`` ops), the obvious way to write it in torch;
 * ``ours_donate``: ``opt.update(params, grads, state, donate=True)``;
-* ``ours_pure``: ``params, state = opt.update(params, grads, state)``.
+* ``ours_pure``: ``params, state = opt.update(params, grads, state)``;
+* with ``--generic``: both on the generic engine (the rule's own ops in cache-sized
+  chunks, no kernels), for the optimizers that declare kernels.
 
 Leaves are 2-D (Muon takes matrices only; Adafactor then keeps factored moments).
 Prints one JSON line per case and one line per optimizer with the ratios of ours to the
@@ -92,6 +94,9 @@ def main() -> None:
     ap.add_argument("--params", type=float, default=4e6, help="total parameter count")
     ap.add_argument("--leaves", type=int, default=40)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--generic", action="store_true", help="also time ours on the generic engine (no kernels)"
+    )
     args = ap.parse_args()
     C.setup(args)
     dev, dtype = args.device, getattr(torch, args.dtype)
@@ -143,6 +148,9 @@ def main() -> None:
             cases[f"torch_{impl}"] = torch_opt(impl)
         cases["ours_donate"] = ours(True)
         cases["ours_pure"] = ours(False)
+        if args.generic and opt.kernels is not None:
+            cases["ours_donate_generic"] = ours(True, opt.with_engine("generic"))
+            cases["ours_pure_generic"] = ours(False, opt.with_engine("generic"))
         times = C.interleaved(cases, args.rounds, args.iters, dev)
         med, best = {}, {}
         for case, ts in times.items():
@@ -155,6 +163,7 @@ def main() -> None:
         def ratio(t, a, fastest=fastest):
             return round(t[a] / t[fastest], 3)
 
+        extra = {f"{c}_vs_fastest_torch": ratio(med, c) for c in cases if c.endswith("_generic")}
         C.emit(
             {
                 "bench": "catalogue",
@@ -174,6 +183,7 @@ def main() -> None:
                     C.paired_ratio(times["ours_pure"], times[fastest], args.iters), 3
                 ),
             }
+            | extra
         )
 
 
