@@ -10,6 +10,17 @@ from . import models as models
 from ._rule import Rule
 from ._select import select_layers
 from ._tree import layer_names, paths
+from .catalogue import (
+    adadelta,
+    adafactor,
+    adagrad,
+    adamax,
+    lion,
+    muon,
+    nadam,
+    radam,
+    rmsprop,
+)
 from .chain import Chain, chain
 from .checkpoint import checkpoint_files, latest_checkpoint, load, save
 from .clip import (
@@ -26,7 +37,20 @@ from .gradual import GradualUnfreeze
 from .guard import SkipNonFinite, all_finite, nonfinite_guard, skip_nonfinite
 from .inspection import plot_schedule, summary
 from .leaf_rule import Kernels, LeafRule
-from .lr_schedules import constant, cosine, join, linear_warmup, step_lr
+from .lr_schedules import (
+    constant,
+    cosine,
+    cosine_warm_restarts,
+    cyclic_lr,
+    exponential_lr,
+    join,
+    linear_lr,
+    linear_warmup,
+    multistep_lr,
+    one_cycle,
+    polynomial_lr,
+    step_lr,
+)
 from .modules import (
     NORM_LAYERS,
     apply_requires_grad,
@@ -38,6 +62,7 @@ from .multi import MultiOptimizer, labels_by_pattern, multi_optimizer
 from .optimizer import Optimizer, force_reference
 from .optimizers import adam, adamw, sgd
 from .partition import combine, partition
+from .plateau import ReduceOnPlateau, reduce_on_plateau
 from .schedule import Schedule, apply_transition, describe_change
 from .sweep import Sweep, make_sweep_step, stack_curricula
 from .train_step import make_step
@@ -112,6 +137,24 @@ __all__ = [
     "frozen_norm_eval",
     "merge_buffers",
     "shield_buffers",
+    "adadelta",
+    "adafactor",
+    "adagrad",
+    "adamax",
+    "lion",
+    "muon",
+    "nadam",
+    "radam",
+    "rmsprop",
+    "cosine_warm_restarts",
+    "cyclic_lr",
+    "exponential_lr",
+    "linear_lr",
+    "multistep_lr",
+    "one_cycle",
+    "polynomial_lr",
+    "ReduceOnPlateau",
+    "reduce_on_plateau",
 ]
 
 

@@ -97,6 +97,7 @@ PAGES = [
     "docs/custom_optimizers.md",
     "docs/composing.md",
     "docs/performance.md",
+    "docs/catalogue.md",
 ]
 _BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
 

@@ -1,0 +1,107 @@
+"""Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"; as optax.lion)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import _hparams as V
+from ..lr_schedules import Schedule
+from ..optimizer import Optimizer
+from ._common import build, cast, kernels, zeros
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class LionRule:
+    """Lion's update for one leaf (state: ``exp_avg``, optax's ``mu``)."""
+
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.0
+
+    fields = ("exp_avg",)
+
+    def init(self, p: Tensor) -> tuple[Tensor, ...]:
+        return (zeros(p),)
+
+    def step(self, p, g, bufs, count, lr):
+        (m,) = bufs
+        u = torch.sign((1 - self.beta1) * g + self.beta1 * m)
+        m = (1 - self.beta2) * g + self.beta2 * m
+        if self.weight_decay != 0:
+            u = u + self.weight_decay * p
+        return p - cast(lr, p) * u, (m,)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """Lion as multi-tensor (foreach) ops, in place on one group (same arithmetic as
+    `LionRule.step`)."""
+    (ms,) = bufs
+    if maximize:
+        gs = torch._foreach_neg(gs)
+    u = torch._foreach_mul(gs, 1 - rule.beta1)
+    torch._foreach_add_(u, torch._foreach_mul(ms, rule.beta1))
+    torch._foreach_sign_(u)
+    torch._foreach_mul_(ms, rule.beta2)
+    torch._foreach_add_(ms, torch._foreach_mul(gs, 1 - rule.beta2))
+    if rule.weight_decay != 0:
+        torch._foreach_add_(u, torch._foreach_mul(ps, rule.weight_decay))
+    if isinstance(lr, Tensor):
+        torch._foreach_sub_(ps, torch._foreach_mul(u, lr.to(ps[0].dtype)))
+    else:
+        torch._foreach_sub_(ps, torch._foreach_mul(u, lr))
+
+
+def lion(
+    lr: float | Schedule,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+    *,
+    maximize: bool = False,
+    differentiable: bool = False,
+    weight_decay_mask: Any = None,
+) -> Optimizer:
+    """Lion: the sign of an interpolated momentum, as ``optax.lion`` computes it.
+
+    ``u = sign((1 - b1) * g + b1 * m)``, ``m = (1 - b2) * g + b2 * m``,
+    ``p = p - lr * (u + weight_decay * p)`` (decoupled decay scaled by the lr, as optax;
+    optax's default ``weight_decay`` is 1e-3, ours 0.0). torch.optim has no Lion. Lion's
+    updates have unit size per coordinate: use a learning rate 3-10x smaller than AdamW's.
+
+    Args:
+      lr: a float or a schedule ``step -> lr``.
+      betas: interpolation coefficient of the update, and decay of the momentum.
+      weight_decay: decoupled weight decay (multiplied by the lr).
+      maximize: maximise the objective (the engine negates the gradients).
+      differentiable: let autograd run through the update (see `Optimizer`; ``sign`` has a
+        zero derivative).
+      weight_decay_mask: bool pytree (or callable) saying which leaves decay.
+
+    Returns:
+      An `Optimizer`.
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> opt = fc.lion(0.1)
+      >>> p = {"w": torch.ones(2)}
+      >>> p, state = opt.update(p, {"w": torch.tensor([2.0, -3.0])}, opt.init(p))
+      >>> p["w"]
+      tensor([0.9000, 1.1000])
+    """
+    w = "fc.lion"
+    b1, b2 = V.betas(w, betas)
+    rule = LionRule(b1, b2, V.number(w, "weight_decay", weight_decay))
+    return build(
+        rule,
+        lr,
+        "lion",
+        maximize=maximize,
+        differentiable=differentiable,
+        weight_decay_mask=weight_decay_mask,
+        elementwise=True,
+        kernels=kernels(_foreach_inplace),
+    )

@@ -1,0 +1,135 @@
+"""RAdam (torch.optim.RAdam)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim.radam import radam as _torch_radam
+
+from .. import _hparams as V
+from ..lr_schedules import Schedule
+from ..optimizer import Optimizer
+from ._common import build, cast, kernels, step64, torch_steps, zeros
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class RAdamRule:
+    """torch.optim.RAdam's update for one leaf (state: ``exp_avg``, ``exp_avg_sq``)."""
+
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decoupled_weight_decay: bool = False
+
+    fields = ("exp_avg", "exp_avg_sq")
+
+    def init(self, p: Tensor) -> tuple[Tensor, ...]:
+        return zeros(p), zeros(p)
+
+    def step(self, p, g, bufs, count, lr):
+        m, v = bufs
+        if self.weight_decay != 0:
+            if self.decoupled_weight_decay:
+                p = p * cast(1 - lr * self.weight_decay, p)
+            else:
+                g = g + self.weight_decay * p
+        b1, b2 = self.beta1, self.beta2
+        m = torch.lerp(m, g, 1 - b1)
+        v = torch.addcmul(v * b2, g, g, value=1 - b2)
+        t = step64(count)
+        bc1 = 1 - b1**t
+        bc2 = 1 - b2**t
+        rho_inf = 2 / (1 - b2) - 1
+        rho_t = rho_inf - 2 * t * b2**t / bc2
+        rectified = rho_t > 5.0
+        # the rectification term where it is taken; a harmless value elsewhere (the
+        # branch not taken must stay finite for autograd with differentiable=True)
+        r = torch.where(rectified, rho_t, torch.full_like(rho_t, 6.0))
+        rect = ((r - 4) * (r - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * r)) ** 0.5
+        base = (m / cast(bc1, p)) * cast(lr, p)
+        adaptive = cast(bc2**0.5, p) / (v.sqrt() + self.eps)
+        update = torch.where(rectified, base * adaptive * cast(rect, p), base)
+        return p - update, (m, v)
+
+
+def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """torch.optim.RAdam's multi-tensor (foreach) update, in place on one group."""
+    _torch_radam(
+        ps,
+        gs,
+        bufs[0],
+        bufs[1],
+        torch_steps(counts),
+        decoupled_weight_decay=rule.decoupled_weight_decay,
+        foreach=True,
+        maximize=maximize,
+        beta1=rule.beta1,
+        beta2=rule.beta2,
+        lr=lr,
+        weight_decay=rule.weight_decay,
+        eps=rule.eps,
+    )
+
+
+def radam(
+    lr: float | Schedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    *,
+    maximize: bool = False,
+    differentiable: bool = False,
+    weight_decay_mask: Any = None,
+) -> Optimizer:
+    """RAdam with torch.optim.RAdam's keywords, defaults and exact update rule.
+
+    The rectification (``rho_t > 5``) and bias corrections use each leaf's own count, so a
+    leaf unfrozen later starts with the un-rectified SGD-with-momentum steps of a fresh
+    torch optimizer.
+
+    Args:
+      lr: a float or a schedule ``step -> lr``.
+      betas: coefficients of the running averages.
+      eps: added to the denominator.
+      weight_decay: L2 penalty (or decoupled decay, see ``decoupled_weight_decay``).
+      decoupled_weight_decay: decay the params as AdamW instead of adding to the gradient.
+      maximize: maximise the objective (the engine negates the gradients).
+      differentiable: let autograd run through the update (see `Optimizer`).
+      weight_decay_mask: bool pytree (or callable) saying which leaves decay.
+
+    Returns:
+      An `Optimizer`.
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> opt = fc.radam(0.1)
+      >>> p = {"w": torch.ones(2)}
+      >>> p, state = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
+      >>> p["w"]
+      tensor([0.9000, 0.9000])
+    """
+    w = "fc.radam"
+    b1, b2 = V.betas(w, betas)
+    rule = RAdamRule(
+        b1,
+        b2,
+        V.number(w, "eps", eps),
+        V.number(w, "weight_decay", weight_decay),
+        V.flag(w, "decoupled_weight_decay", decoupled_weight_decay),
+    )
+    return build(
+        rule,
+        lr,
+        "radam",
+        maximize=maximize,
+        differentiable=differentiable,
+        weight_decay_mask=weight_decay_mask,
+        elementwise=True,
+        kernels=kernels(_foreach_inplace),
+    )
