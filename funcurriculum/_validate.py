@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,12 @@ def compiling() -> bool:
     """True while ``torch.compile`` traces."""
     compiler = getattr(torch, "compiler", None)
     return compiler is not None and compiler.is_compiling()
+
+
+def has_dtensor(leaves: Sequence[Any]) -> bool:
+    """Whether any leaf is a DTensor (no scan before torch.distributed.tensor is imported)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and any(isinstance(x, mod.DTensor) for x in leaves)
 
 
 def mask_value(m: Any, path: str, dynamic: bool = False) -> bool | Tensor:

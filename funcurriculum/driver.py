@@ -8,13 +8,12 @@ protocol and its optional kernels).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ._validate import functorch_active, mask_value
+from ._validate import functorch_active, has_dtensor, mask_value
 from .engines import keep_flag as _keep_flag
 from .leaf_rule import Kernels, LeafRule
 from .optimizer import Optimizer, _empty, force_reference
@@ -27,9 +26,7 @@ def _mask_value(m: Any, path: str) -> bool:
 
 
 def _has_dtensor(leaves: Sequence[Any]) -> bool:
-    # No DTensor can exist before torch.distributed.tensor is imported: skip the scan.
-    mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and any(isinstance(x, mod.DTensor) for x in leaves)
+    return has_dtensor(leaves)
 
 
 _ = (torch, _keep_flag, _empty)

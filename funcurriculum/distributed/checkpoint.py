@@ -34,9 +34,9 @@ import torch.distributed.checkpoint as dcp
 
 from .._state_check import check_opt_state
 from .._tree import PyTree, align, flatten, spec_paths, unflatten
+from .._validate import mask_value as _mask_value
 from ..checkpoint import _decode, _encode
 from ..curriculum import Curriculum
-from ..driver import _mask_value
 from ._check import agree, checksum
 from ._dcp_meta import SafeFileSystemReader, read_metadata
 

@@ -1,16 +1,15 @@
-"""DTensor leaves in the shared driver: updates run on the local shards, no communication.
+"""DTensor leaves, as a registered tree engine: updates run on the local shards.
 
-``Optimizer.update`` hands trees holding (this module registers itself as the tree
-engine for them, see `funcurriculum.engines.registry`) :class:`torch.distributed.tensor.DTensor` leaves
-(from ``distribute_tensor`` or FSDP2's ``fully_shard``) to :func:`update_local`: each
-DTensor param, grad and moment buffer is replaced by its local shard, the ordinary driver
-runs on those plain tensors (so the fused multi-tensor kernels apply, and DTensor's
-per-op dispatch and its foreach memory traps are avoided), and the results are wrapped
-back with the original mesh and placements. Elementwise optimizer math on identically
-placed tensors needs no communication, so the result equals the update of the full
-tensors. A grad whose placements differ from its param's is refused (it would need a
-redistribution), never silently gathered. Per-leaf counts and the step stay plain
-(replicated) 0-d tensors.
+This module registers itself (`funcurriculum.engines.registry`) as the engine for trees
+holding `torch.distributed.tensor.DTensor` leaves (from ``distribute_tensor`` or FSDP2's
+``fully_shard``): each DTensor param, grad and moment buffer is replaced by its local
+shard, the ordinary engines run on those plain tensors (so the fused multi-tensor kernels
+apply, and DTensor's per-op dispatch and its foreach memory traps are avoided), and the
+results are wrapped back with the original mesh and placements. Elementwise optimizer
+math on identically placed tensors needs no communication, so the result equals the
+update of the full tensors. A grad whose placements differ from its param's is refused
+(it would need a redistribution), never silently gathered. Per-leaf counts and the step
+stay plain (replicated) 0-d tensors.
 """
 
 from __future__ import annotations

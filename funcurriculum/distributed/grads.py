@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 
 from .._tree import PyTree, flatten, spec_paths, unflatten
-from ..driver import _has_dtensor, _mask_value
+from .._validate import has_dtensor as _has_dtensor
+from .._validate import mask_value as _mask_value
 from ._check import agree, checksum, require_group
 
 Tensor = torch.Tensor

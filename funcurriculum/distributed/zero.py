@@ -8,7 +8,10 @@ import torch
 import torch.distributed as dist
 
 from .._tree import PyTree, align, flatten, spec_paths, unflatten
-from ..driver import Optimizer, _empty, _has_dtensor, _keep_flag, _mask_value
+from .._validate import has_dtensor as _has_dtensor
+from .._validate import mask_value as _mask_value
+from ..engines import keep_flag as _keep_flag
+from ..optimizer import Optimizer, _empty
 from ._check import agree, checksum, global_rank, require_group
 from .grads import DEFAULT_BUCKET_MB, buckets, pack, unpack
 
