@@ -26,9 +26,11 @@ from .modules import (
     frozen_norm_eval,
     merge_buffers,
     shield_buffers,
+    stack_modules,
 )
 from .optimizer import Optimizer, force_reference
 from .optimizers import adam, adamw, sgd
+from .param_index import ParamIndex
 from .partition import combine, partition
 from .schedule import Schedule, apply_transition, describe_change
 from .train_step import make_step
@@ -92,6 +94,8 @@ __all__ = [
     "frozen_norm_eval",
     "merge_buffers",
     "shield_buffers",
+    "stack_modules",
+    "ParamIndex",
 ]
 
 
