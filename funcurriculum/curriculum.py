@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from . import _groups, _table
-from ._classes import class_hint, describe_classes, lookalike_hint, normalize_classes, short
+from . import _groups, _resolve, _table
+from ._classes import class_hint, describe_classes, lookalike_hint, normalize_classes
 from ._select import Patterns
 from ._tree import PyTree, describe_mismatch, prefixes
 from .param_index import ParamIndex
@@ -281,45 +281,8 @@ class Curriculum:
     def _freeze_keep(self, names: list[str], keep: Any) -> Curriculum:
         self._need_classes("freeze(keep=...)")
         wanted = normalize_classes(keep, "keep")
-        lay = self._index
-        sel = set(names)
-        fl = list(self._frozen_leaves)
-        kept_any = False
-        selected = sorted(self._leaves_of(names))
-        for i in selected:
-            decided: dict[str, tuple[bool, str | None]] = {}
-            for n in lay.leaf_names[i]:
-                chain = [*prefixes(n), n]
-                start = next((k for k, q in enumerate(chain) if q in sel), None)
-                if start is None:
-                    continue
-                mods = chain[start:-1] if start < len(chain) - 1 else [(prefixes(n) or [""])[-1]]
-                hit = next((m for m in mods if lay.matches_class(m, wanted)), None)
-                decided[n] = (hit is not None, hit)
-            verdicts = {k for k, _ in decided.values()}
-            if len(verdicts) > 1:
-                kept = next(n for n, (k, _) in decided.items() if k)
-                froze = next(n for n, (k, _) in decided.items() if not k)
-                cls = lay.classes[decided[kept][1]][0].rsplit(".", 1)[-1]
-                raise ValueError(
-                    f"freeze(keep=...) conflicts on the tied weight {lay.paths[i]!r}: through "
-                    f"{kept!r} it is kept trainable (layer {decided[kept][1]!r}: {cls}) but "
-                    f"through {froze!r} it is frozen; select the weight through one name only, "
-                    "or freeze / unfreeze it explicitly"
-                )
-            keep_it = verdicts.pop()
-            kept_any |= keep_it
-            fl[i] = not keep_it
-        if selected and wanted and not kept_any:
-            inside = [n for n in lay.layers if any(n == r or n.startswith(f"{r}.") for r in names)]
-            present = sorted({short(lay.classes[n][0]) for n in inside if n in lay.classes})
-            warnings.warn(
-                f"freeze({names[:3]}{' ...' if len(names) > 3 else ''}, keep="
-                f"{describe_classes(wanted)}) keeps nothing: no layer of those classes inside "
-                f"the frozen subtrees; layer classes there: {present[:12]}",
-                stacklevel=3,
-            )
-        return Curriculum._make(lay, tuple(fl), self._entries)
+        flags = _resolve.freeze_keeping(self._index, self._frozen_leaves, names, wanted)
+        return Curriculum._make(self._index, flags, self._entries)
 
     def unfreeze(self, patterns: Patterns | None = None, *, classes: Any = None) -> Curriculum:
         """New curriculum with the selected layers' whole subtrees trainable.
@@ -340,7 +303,7 @@ class Curriculum:
         """
         names = self._selection(patterns, classes, "unfreeze")
         leaves = self._leaves_of(names)
-        guarded = self._peft_originals(names, leaves)
+        guarded = _resolve.peft_originals(self._index, self._frozen_leaves, names, leaves)
         if guarded:
             shown = [self._index.paths[i] for i in sorted(guarded)]
             warnings.warn(
@@ -350,21 +313,6 @@ class Curriculum:
                 stacklevel=2,
             )
         return self._with_frozen(leaves - guarded, False)
-
-    def _peft_originals(self, names: Sequence[str], leaves: set[int]) -> set[int]:
-        """Leaves under ``<wrapper>.original_module`` of a peft ``ModulesToSaveWrapper``
-        reached by a selected name outside that ``original_module``."""
-        ix = self._index
-        wrappers = [n for n, mro in ix.classes.items() if short(mro[0]) == "ModulesToSaveWrapper"]
-        out: set[int] = set()
-        for w in wrappers:
-            orig = f"{w}.original_module" if w else "original_module"
-            if orig not in ix.leaves_under:
-                continue
-            inside = any(n == orig or n.startswith(orig + ".") for n in names)
-            if not inside:
-                out |= {i for i in ix.leaves_under[orig] if i in leaves and self._frozen_leaves[i]}
-        return out
 
     # -- coefficients ----------------------------------------------------------------
     def set_lr_coefficient(
@@ -411,43 +359,8 @@ class Curriculum:
             else:
                 entries[name] = c
         if tied:
-            self._set_tied(c, set(names), entries)
+            _resolve.set_tied(lay, c, set(names), entries)
         return Curriculum._make(lay, self._frozen_leaves, entries)
-
-    def _set_tied(self, c: float, sel: set[str], entries: dict[str, float]) -> None:
-        for lnames in self._index.leaf_names:
-            if len(lnames) < 2:
-                continue
-            acted: list[str] = []
-            blocked: list[tuple[str, str, float]] = []
-            for n in lnames:
-                chain = [*prefixes(n), n]
-                if not any(q in sel for q in chain):
-                    continue
-                gov = (
-                    None
-                    if n in sel
-                    else next((q for q in reversed(prefixes(n)) if q in entries), None)
-                )
-                if gov is None or gov in sel:
-                    acted.append(n)
-                elif entries[gov] != c:
-                    blocked.append((n, gov, entries[gov]))
-            if not acted:
-                continue
-            if blocked:
-                n, gov, v = blocked[0]
-                raise ValueError(
-                    f"set_lr_coefficient({c:g}) conflicts on the tied weight {lnames[0]!r}: "
-                    f"through {acted[0]!r} it would get {c:g}, but through {n!r} the more "
-                    f"specific entry {gov!r} keeps {v:g}; select the weight through one name "
-                    "only, or set the entry on the weight itself"
-                )
-            has_chain = any(q in entries for n in lnames for q in prefixes(n))
-            if c == 1.0 and not has_chain:
-                entries.pop(lnames[0], None)
-            else:
-                entries[lnames[0]] = c
 
     def _leaf_coefficient(self, path: str) -> float:
         if path in self._entries:
