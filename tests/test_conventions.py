@@ -9,6 +9,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -332,3 +334,28 @@ def test_bert_llrd_matches_recipe_golden_table():
     for n in cur.paths:
         want = next((v for k, v in golden.items() if n.startswith(k + ".")), 1.0)
         assert cur.coeffs[n] == pytest.approx(want), n
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.permutations(range(4)), st.sampled_from([0.3, 0.5, 0.9]))
+def test_layer_decay_order_independent_for_tied_weights(order, decay):
+    cur = fc.Curriculum.from_module(BertStyle(head="lm"))
+    items = [
+        ("embeddings", 0),
+        (r"encoder\.layer\.0", 1),
+        (r"encoder\.layer\.1", 2),
+        ("lm_head", 3),
+    ]
+    ref = fc.layer_decay(cur, decay, dict(items))
+    assert fc.layer_decay(cur, decay, dict(items[i] for i in order)) == ref
+    assert ref.coeffs["embeddings.word_embeddings.weight"] == pytest.approx(decay**3)
+
+
+def test_from_requires_grad_round_trips_through_save(tmp_path):
+    m = BertStyle(head="lm")
+    m.encoder.requires_grad_(False)
+    cur = fc.Curriculum.from_requires_grad(m)
+    fc.save(tmp_path / "c.pt", {"cur": cur})
+    back = fc.load(tmp_path / "c.pt")["cur"]
+    assert back == cur and back.tied == cur.tied and back.module_classes == cur.module_classes
+    assert back.freeze("encoder", keep=fc.NORM_LAYERS) == cur.freeze("encoder", keep=fc.NORM_LAYERS)
