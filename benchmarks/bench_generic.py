@@ -45,6 +45,8 @@ def main() -> None:
     ap = C.base_parser(__doc__.splitlines()[0])
     ap.add_argument("--params", type=float, default=20e6, help="total parameter count")
     ap.add_argument("--leaves", type=int, default=100)
+    ap.add_argument("--compiled", action="store_true", help="also the compiled engine")
+    ap.add_argument("--wave", type=int, default=0, help="Optimizer(wave_elems=) (0: default)")
     args = ap.parse_args()
     C.setup(args)
     dev, L = args.device, args.leaves
@@ -55,8 +57,10 @@ def main() -> None:
     grads = {k: torch.randn(n, generator=gen).to(dev) * 1e-2 for k in names}
     mixed = {k: 0.5 ** (i % 4) for i, k in enumerate(names)}
 
-    def ours(donate, elementwise=True):
-        opt = fc.Optimizer(RMSprop(), LR, name="rmsprop", elementwise=elementwise)
+    def ours(donate, elementwise=True, engine="auto"):
+        opt = fc.Optimizer(RMSprop(), LR, name="rmsprop", elementwise=elementwise, engine=engine)
+        if args.wave:
+            opt = opt.with_engine(wave_elems=args.wave)
         params = {k: v.clone() for k, v in base.items()}
         holder = [params, opt.init(params)]
 
@@ -88,6 +92,9 @@ def main() -> None:
         "ours_generic_pure": ours(False),
         "ours_generic_donate_not_elementwise": ours(True, elementwise=False),
     }
+    if args.compiled:  # the opt-in compiled engine (compiles once, before timing)
+        cases["ours_compiled_donate"] = ours(True, engine="compiled")
+        cases["ours_compiled_pure"] = ours(False, engine="compiled")
     meta = C.machine(dev) | {"bench": "generic", "params": n * L, "leaves": L}
     times = C.interleaved(cases, args.rounds, args.iters, dev)
     med = {}

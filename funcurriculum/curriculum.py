@@ -549,7 +549,12 @@ class Curriculum:
             index = ParamIndex.from_dict(data)
         except ValueError as exc:
             raise ValueError(f"malformed Curriculum record: {exc}") from None
-        frozen = tuple(bool(b) for b in data["frozen_leaves"])
+        frozen = tuple(data["frozen_leaves"])
+        if not all(isinstance(b, bool) for b in frozen):
+            bad = next(b for b in frozen if not isinstance(b, bool))
+            raise ValueError(
+                f"malformed Curriculum record: frozen_leaves holds {bad!r}, not a bool"
+            )
         if len(frozen) != len(index.paths):
             raise ValueError("malformed Curriculum record: lengths disagree with the skeleton")
         entries = {str(k): _check_coefficient(v) for k, v in data["lr_coefficients"].items()}

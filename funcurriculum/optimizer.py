@@ -32,7 +32,7 @@ import torch
 from . import _validate as V
 from ._counts import increment, zero_counts
 from ._tree import PyTree, align, flatten, spec_paths, unflatten
-from .engines import Job, check_engine, fused, generic, reference, registry, triton
+from .engines import Job, check_engine, compiled, fused, generic, reference, registry, triton
 from .leaf_rule import Kernels, LeafRule
 from .lr_schedules import Schedule, as_schedule
 
@@ -87,9 +87,12 @@ class Optimizer:
         dataclass with a ``weight_decay`` field).
       differentiable: ``update`` is differentiable (autograd, ``torch.func.grad``) with
         respect to params, grads and coefficients; it always takes the reference engine.
-      engine: ``"auto"`` (default: the fastest correct engine per leaf), ``"reference"``,
-        ``"generic"`` (ignore the kernels), ``"fused"`` (no Triton) or ``"triton"`` (also on
-        CPU, in Triton's interpreter: tests). `update` can override it per call.
+      engine: ``"auto"`` (default: the fastest correct engine per leaf that needs no
+        compilation), ``"reference"``, ``"generic"`` (ignore the kernels), ``"compiled"``
+        (the rule's step through ``torch.compile``: fastest for rules without kernels once
+        compiled; the first call per rule and dtype compiles), ``"fused"`` (no Triton) or
+        ``"triton"`` (also on CPU, in Triton's interpreter: tests). `update` can override it
+        per call.
       wave_elems: chunk size of the CPU engines (0: the fused engine clones whole leaves).
 
     Example:
@@ -387,18 +390,25 @@ class Optimizer:
                 fused.run(sub)
             elif name == "generic":
                 generic.run(sub, elementwise=self.elementwise)
+            elif name == "compiled":
+                compiled.run(sub, elementwise=self.elementwise)
             else:
                 reference.run(sub, transformed=False, incremented=True, dyn={})
 
     def route(self, rule, idx, leaves, grads, cols, plain, engine) -> list[tuple[str, list[int]]]:
         """Which engine takes each of the (eager, validated) leaves ``idx``."""
         k = self.kernels
-        out: dict[str, list[int]] = {"triton": [], "fused": [], "generic": [], "reference": []}
+        out: dict[str, list[int]] = {
+            "triton": [], "fused": [], "compiled": [], "generic": [], "reference": []
+        }  # fmt: skip
         devices: dict[Any, bool] = {}
         for i in idx:
             p = leaves[i]
             if i not in plain:
                 out["reference"].append(i)
+                continue
+            if engine == "compiled":
+                out["compiled"].append(i)
                 continue
             if engine == "generic" or k is None or (k.accepts is not None and not k.accepts(p)):
                 out["generic"].append(i)

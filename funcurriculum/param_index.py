@@ -245,7 +245,9 @@ class ParamIndex:
         paths, leaves, spec = flatten_with_paths(data["skeleton"])
         if list(leaves) != list(range(len(leaves))):
             raise ValueError("skeleton leaves out of order")
-        numels = tuple(int(n) for n in data["numels"])
+        numels = tuple(data["numels"])
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numels):
+            raise ValueError("numels must be ints >= 0")
         if len(numels) != len(paths):
             raise ValueError("lengths disagree with the skeleton")
         extra: dict[str, Any] = {}

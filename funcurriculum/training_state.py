@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ._state_check import check_opt_state
 from ._tree import PyTree, describe_mismatch, flatten_with_paths
 from .checkpoint import format_path, load, rotate, save
 from .curriculum import Curriculum
@@ -95,26 +96,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     unknown = sorted(set(state) - {"torch", "cuda", "python", "numpy"})
     if unknown:
         raise ValueError(f"rng state has unknown components {unknown}")
-    t = state.get("torch")
-    if t is not None and not (isinstance(t, torch.Tensor) and t.dtype == torch.uint8):
-        raise ValueError("rng state 'torch' must be a uint8 tensor from torch.get_rng_state()")
-    py = state.get("python")
-    if py is not None and not (isinstance(py, tuple) and len(py) == 3):
-        raise ValueError("rng state 'python' must be the tuple random.getstate() returns")
-    cuda = state.get("cuda")
-    if cuda is not None and not (
-        isinstance(cuda, (list, tuple))
-        and all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda)
-    ):
-        raise ValueError("rng state 'cuda' must be a list of uint8 tensors")
-    npstate = state.get("numpy")
-    np_keys = {"bit_generator", "keys", "pos", "has_gauss", "cached_gaussian"}
-    if npstate is not None and not (
-        isinstance(npstate, Mapping)
-        and set(npstate) == np_keys
-        and isinstance(npstate["keys"], torch.Tensor)
-    ):
-        raise ValueError(f"rng state 'numpy' must be a dict with keys {sorted(np_keys)}")
+    t, py, cuda, npstate = (state.get(k) for k in ("torch", "python", "cuda", "numpy"))
+    _check_rng_entries(t, py, cuda, npstate)
     # Validate everything first, then restore, so a bad state changes nothing.
     if t is not None:
         torch.set_rng_state(t.cpu())
@@ -135,20 +118,73 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
                 stacklevel=2,
             )
     if py is not None:
-        version, internal, gauss = py
-        random.setstate((version, tuple(internal), gauss))
+        random.setstate(_python_state(py))
     if npstate is not None:
-        import numpy as np  # only stored when numpy was imported
+        import numpy as np
 
-        np.random.set_state(
-            (
-                npstate["bit_generator"],
-                npstate["keys"].numpy().astype(np.uint32),
-                npstate["pos"],
-                npstate["has_gauss"],
-                npstate["cached_gaussian"],
-            )
-        )
+        np.random.set_state(_numpy_state(npstate))
+
+
+def _python_state(py: Any) -> tuple:
+    version, internal, gauss = py
+    return (version, tuple(internal), gauss)
+
+
+def _numpy_state(npstate: Mapping[str, Any]) -> tuple:
+    import numpy as np  # only stored when numpy was imported
+
+    return (
+        npstate["bit_generator"],
+        npstate["keys"].numpy().astype(np.uint32),
+        npstate["pos"],
+        npstate["has_gauss"],
+        npstate["cached_gaussian"],
+    )
+
+
+def _check_rng_entries(t: Any, py: Any, cuda: Any, npstate: Any) -> None:
+    """Refuse malformed generator states, by loading each into a scratch generator.
+
+    Raises:
+      ValueError: naming the entry; no global generator has been touched.
+    """
+    if t is not None:
+        if not (isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1):
+            raise ValueError("rng state 'torch' must be a uint8 tensor from torch.get_rng_state()")
+        try:
+            torch.Generator().set_state(t.cpu())
+        except Exception as exc:
+            raise ValueError(f"rng state 'torch' is malformed: {exc}") from None
+    if py is not None:
+        if not (isinstance(py, tuple) and len(py) == 3 and isinstance(py[1], (tuple, list))):
+            raise ValueError("rng state 'python' must be the tuple random.getstate() returns")
+        try:
+            random.Random().setstate(_python_state(py))
+        except Exception as exc:
+            raise ValueError(f"rng state 'python' is malformed: {exc}") from None
+    if cuda is not None and not (
+        isinstance(cuda, (list, tuple))
+        and all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda)
+    ):
+        raise ValueError("rng state 'cuda' must be a list of uint8 tensors")
+    if cuda and torch.cuda.is_available():
+        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+            if s.shape != torch.cuda.get_rng_state(i).shape:
+                raise ValueError(f"rng state 'cuda'[{i}] has shape {tuple(s.shape)}")
+    if npstate is not None:
+        np_keys = {"bit_generator", "keys", "pos", "has_gauss", "cached_gaussian"}
+        if not (
+            isinstance(npstate, Mapping)
+            and set(npstate) == np_keys
+            and isinstance(npstate["keys"], torch.Tensor)
+        ):
+            raise ValueError(f"rng state 'numpy' must be a dict with keys {sorted(np_keys)}")
+        try:
+            import numpy as np
+
+            np.random.RandomState().set_state(_numpy_state(npstate))
+        except Exception as exc:
+            raise ValueError(f"rng state 'numpy' is malformed: {exc}") from None
 
 
 # -- the record -----------------------------------------------------------------------------
@@ -252,27 +288,7 @@ def _check_consistent(params: PyTree, opt_state: Any, curriculum: Any, where: st
                 f"{where}: the curriculum does not match the params: "
                 + describe_mismatch(ref_paths, curriculum.paths)
             )
-    if not isinstance(opt_state, dict):
-        return  # a custom optimizer's state: stored as is, not checked
-    for key, sub in opt_state.items():
-        if sub is None or isinstance(sub, (torch.Tensor, numbers.Number, str)):
-            continue
-        paths_s, leaves_s, _ = flatten_with_paths(sub)
-        if list(paths_s) != list(ref_paths):
-            raise ValueError(
-                f"{where}: opt_state[{key!r}] does not match the params: "
-                + describe_mismatch(ref_paths, paths_s)
-            )
-        for p, s, r in zip(ref_paths, leaves_s, ref):
-            if not isinstance(s, torch.Tensor):
-                continue
-            # a moment buffer has the param's shape, or is empty (frozen at init); a count is
-            # 0-d, or (E,) for a vmapped ensemble: a prefix of the param's shape.
-            if s.numel() != 0 and r.shape[: s.dim()] != s.shape:
-                raise ValueError(
-                    f"{where}: opt_state[{key!r}] at {p!r} has shape {tuple(s.shape)}, "
-                    f"param has {tuple(r.shape)}"
-                )
+    check_opt_state(opt_state, params, where)
 
 
 # -- save / load ------------------------------------------------------------------------------
@@ -304,9 +320,11 @@ def save_training_state(
       extra: any further checkpointable data (numbers, strings, tensors, containers).
       rng: ``True`` stores :func:`rng_state` taken now; a dict stores that snapshot;
         ``False`` stores none.
-      keep_last: keep only the newest ``keep_last`` files named by the ``path``
-        pattern (needs a ``{step}`` or ``{epoch}`` field); older ones are deleted after
-        the new file is in place.
+      keep_last: keep the new file and the ``keep_last - 1`` newest files older than
+        it named by the ``path`` pattern (needs a ``{step}`` or ``{epoch}`` field);
+        the other older ones are deleted after the new file is in place. The file just
+        written is never deleted; files with higher steps (a rollback, a restart in the
+        same folder) are kept, with a warning.
 
     Returns:
       The path written.
@@ -362,7 +380,7 @@ def save_training_state(
     }
     save(target, record)
     if keep_last is not None:
-        rotate(pattern, keep_last)
+        rotate(pattern, keep_last, newest=target)
     return target
 
 
@@ -391,8 +409,11 @@ def load_training_state(
       A :class:`TrainingState`.
 
     Raises:
-      ValueError: not a training-state file, code in the file, a mismatch with
-        ``like_params``, or an inconsistent file.
+      ValueError: naming the file, for every failure: not a training-state file, a
+        corrupted or truncated file, code in the file, a mismatch with
+        ``like_params``, an inconsistent or tampered optimizer state (negative or
+        fractional counts, a bad step, moment dtypes or shapes unlike the params), a
+        malformed curriculum or RNG entry.
 
     Example:
       >>> import os, tempfile, torch, funcurriculum as fc
@@ -410,16 +431,26 @@ def load_training_state(
         raise ValueError(f"{name!r} is a funcurriculum checkpoint but not a training state")
     if record.get("version") != _VERSION:
         raise ValueError(f"{name!r}: unsupported training-state version {record.get('version')!r}")
-    params = record["params"]
-    if like_params is not None:
-        _check_like(params, like_params, what=f"params in {name!r}")
-    _check_consistent(params, record["opt_state"], record["curriculum"], name)
-    step, epoch = record["step"], record["epoch"]
-    if not all(isinstance(v, int) and v >= 0 for v in (step, epoch)):
-        raise ValueError(f"{name!r}: malformed step / epoch {step!r} / {epoch!r}")
-    rng = record.get("rng")
-    if restore_rng and rng is not None:
-        set_rng_state(rng)
+    try:
+        params = record["params"]
+        if like_params is not None:
+            _check_like(params, like_params, what=f"params in {name!r}")
+        _check_consistent(params, record["opt_state"], record["curriculum"], name)
+        step, epoch = record["step"], record["epoch"]
+        if not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (step, epoch)
+        ):
+            raise ValueError(f"{name!r}: malformed step / epoch {step!r} / {epoch!r}")
+        rng = record.get("rng")
+        if restore_rng and rng is not None:
+            set_rng_state(rng)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if name in msg else f"{name!r}: {msg}") from None
+    except Exception as exc:  # TypeError, KeyError, ... from a malformed record
+        raise ValueError(
+            f"{name!r}: malformed training state: {type(exc).__name__}: {exc}"
+        ) from None
     return TrainingState(
         params=params,
         opt_state=record["opt_state"],

@@ -15,6 +15,7 @@ from torch.func import vmap
 
 import funcurriculum as fc
 
+SLOW = pytest.mark.slow
 SHAPES = {"enc.weight": (5, 4), "enc.bias": (5,), "head.weight": (3, 5), "head.bias": (3,)}
 
 
@@ -132,7 +133,10 @@ def test_kernels_must_be_declared_not_discovered():
 # -- engine choice per optimizer / per call ----------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ["auto", "reference", "generic", "fused", "triton"])
+@pytest.mark.parametrize(
+    "engine",
+    ["auto", "reference", "generic", "fused", "triton", pytest.param("compiled", marks=SLOW)],
+)
 def test_every_engine_gives_the_same_update(engine):
     opt = fc.adam(0.05, weight_decay=0.1)
     p, gs = make(dtype=torch.float32), grads(2, torch.float32)
@@ -150,9 +154,13 @@ def test_every_engine_gives_the_same_update(engine):
     per_call = (p, opt.init(p))
     for g in gs:
         per_call = opt.update(per_call[0], g, per_call[1], None, coeffs, engine=engine)
+    donated = ({k: v.clone() for k, v in p.items()}, o.init(p))
+    for g in gs:
+        donated = o.update(donated[0], g, donated[1], None, coeffs, donate=True)
     for k in SHAPES:
         torch.testing.assert_close(got[0][k], want[0][k], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(per_call[0][k], want[0][k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(donated[0][k], want[0][k], rtol=1e-5, atol=1e-6)
     assert opt.engine == "auto"  # with_engine made a new optimizer
     with pytest.raises(ValueError, match="engine must be one of"):
         opt.with_engine("fastest")

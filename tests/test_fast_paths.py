@@ -256,7 +256,7 @@ def test_bfloat16_adam_matches_torch_fused(name, donate, no_reference):
 
 def test_torch_cpu_fused_sgd_half_precision_bug():
     """Why SGD keeps float16 / bfloat16 CPU leaves off torch's fused kernel: it leaves part
-    of the tensor un-updated. If this starts failing, torch fixed it (SGDRule.fusable)."""
+    of the tensor un-updated. If this starts failing, torch fixed it (the `accepts` veto of fc.sgd's Kernels)."""
     p, g = torch.ones(40, dtype=torch.bfloat16), torch.full((40,), 0.5, dtype=torch.bfloat16)
     torch._fused_sgd_(
         [p], [g], [], weight_decay=0.0, momentum=0.0, lr=0.1, dampening=0.0,

@@ -66,12 +66,15 @@ def agree(
     digest: int,
     counts: Sequence[int] = (),
     error: BaseException | None = None,
+    labels: Sequence[str] | None = None,
 ) -> None:
     """Check that all ranks of ``group`` hold the same ``digest`` and that none failed.
 
     One ``all_reduce(MAX)`` of ``[digest, -digest, failed, c, -c, ...]``. Raises on every
     rank when the digests differ (naming the spread of ``counts``, e.g. leaves / elements)
-    or when some rank hit ``error`` locally (that rank re-raises its own error).
+    or when some rank hit ``error`` locally (that rank re-raises its own error). With
+    ``labels`` (one per count), a mismatch names the labelled counts that differ (e.g.
+    ``bucket_cap_mb``) instead of blaming the trees.
     """
     vals = [digest, -digest, int(error is not None)]
     for c in counts:
@@ -86,6 +89,17 @@ def agree(
             f"{who}: another rank failed with an error before communicating (see its traceback)"
         )
     if got[0] != -got[1]:
+        if labels is not None:
+            differ = [
+                f"{lab} ({-got[3 + 2 * k + 1]}..{got[3 + 2 * k]})"
+                for k, lab in enumerate(labels)
+                if got[3 + 2 * k] != -got[3 + 2 * k + 1]
+            ]
+            if differ:
+                raise ValueError(
+                    f"{who}: ranks passed different values of {', '.join(differ)}; every "
+                    "rank must pass the same"
+                )
         spread = ", ".join(f"{-got[3 + 2 * k + 1]}..{got[3 + 2 * k]}" for k in range(len(counts)))
         raise ValueError(
             f"{who}: ranks passed different trees or masks (checksum mismatch"

@@ -19,31 +19,66 @@ leaves it owns under the new ownership, and DCP reshards DTensors itself.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from .._state_check import check_opt_state
 from .._tree import PyTree, align, flatten, spec_paths, unflatten
 from ..checkpoint import _decode, _encode
 from ..curriculum import Curriculum
 from ..driver import _mask_value
+from ._check import agree, checksum
+from ._dcp_meta import SafeFileSystemReader, read_metadata
 
 _META = "meta"
 
 
-def _dcp(fn, sd: dict[str, Any], checkpoint_id, group: Any) -> None:
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _dcp(fn, sd: dict[str, Any], checkpoint_id, group: Any, **kw: Any) -> None:
     """``dcp.save`` / ``dcp.load`` on ``group``, or single-process without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        fn(sd, checkpoint_id=checkpoint_id, process_group=group)
+    if _distributed():
+        fn(sd, checkpoint_id=checkpoint_id, process_group=group, **kw)
         return
     with warnings.catch_warnings():  # "assuming the intent is ... a single process": it is
         warnings.simplefilter("ignore", UserWarning)
-        fn(sd, checkpoint_id=checkpoint_id, no_dist=True)
+        fn(sd, checkpoint_id=checkpoint_id, no_dist=True, **kw)
+
+
+def _phase(group: Any, who: str, fn: Callable[[], Any], digest: Callable[[Any], int] | None = None):
+    """Run the local step ``fn``, then agree with the other ranks that every one succeeded.
+
+    A rank whose ``fn`` raised re-raises its error, the others raise ``RuntimeError``
+    ("another rank failed"), all right away, instead of the healthy ranks blocking in the
+    next collective until the process-group timeout. With ``digest``, the ranks must
+    also agree on ``digest(result)`` (else ``ValueError`` on every rank).
+    """
+    out, error, d = None, None, 0
+    try:
+        out = fn()
+        if digest is not None:
+            d = digest(out)
+    except Exception as exc:  # any local failure must reach the other ranks
+        error = exc
+    if _distributed():
+        agree(group, who, d, (), error)
+    elif error is not None:
+        raise error
+    return out
+
+
+def _load_reader(checkpoint_id) -> SafeFileSystemReader:
+    return SafeFileSystemReader(checkpoint_id)
 
 
 def _meta_tensor(obj: Any) -> torch.Tensor:
@@ -89,6 +124,12 @@ def save(
       progress: optional plain data (e.g. ``{"epoch": 3, "batch": 17}``).
       group: the process group (default: the world; no process group: single process).
 
+    Raises:
+      ValueError: on every rank, when the ranks disagree on the params tree, shapes,
+        dtypes, masks, curriculum or progress (only one rank's copy would be written);
+        nothing is written.
+      RuntimeError: on the other ranks, when one rank fails preparing its part.
+
     Example:
       >>> import os, tempfile, torch, funcurriculum as fc, funcurriculum.distributed as fcd
       >>> p = {"w": torch.ones(2)}
@@ -98,19 +139,36 @@ def save(
       >>> fcd.load(d, {"w": torch.zeros(2)}, opt)["progress"]
       {'epoch': 1}
     """
-    leaves, spec = flatten(params)
-    paths = spec_paths(spec)
-    if masks is None and curriculum is not None:
-        masks = curriculum.masks
-    flags = (
-        [True] * len(paths)
-        if masks is None
-        else [_mask_value(m, p) for m, p in zip(align(masks, spec, paths, "masks"), paths)]
-    )
-    sd: dict[str, Any] = {f"params/{p}": t.detach() for p, t in zip(paths, leaves)}
-    sd.update(_state_entries(state, spec, paths))
-    meta = {"paths": list(paths), "masks": flags, "curriculum": curriculum, "progress": progress}
-    sd[_META] = _meta_tensor(meta)
+    who = "funcurriculum.distributed.save"
+
+    def prepare() -> tuple[dict[str, Any], int]:
+        leaves, spec = flatten(params)
+        paths = spec_paths(spec)
+        m = curriculum.masks if masks is None and curriculum is not None else masks
+        flags = (
+            [True] * len(paths)
+            if m is None
+            else [_mask_value(x, p) for x, p in zip(align(m, spec, paths, "masks"), paths)]
+        )
+        sd: dict[str, Any] = {f"params/{p}": t.detach() for p, t in zip(paths, leaves)}
+        sd.update(_state_entries(state, spec, paths))
+        meta = {
+            "paths": list(paths),
+            "masks": flags,
+            "curriculum": curriculum,
+            "progress": progress,
+        }
+        encoded = _encode(meta, "")
+        sd[_META] = _meta_tensor(meta)
+        # what only one rank's copy of is written must be the same on every rank: the tree,
+        # shapes and dtypes (global shapes for DTensors), masks, curriculum and progress
+        fields = sorted(k for k in state if k != "step") if isinstance(state, dict) else []
+        digest = checksum(
+            paths, flags, leaves, hashlib.blake2b(repr((encoded, fields)).encode()).hexdigest()
+        )
+        return sd, digest
+
+    sd, _ = _phase(group, who, prepare, digest=lambda r: r[1])
     _dcp(dcp.save, sd, checkpoint_id, group)
 
 
@@ -135,42 +193,72 @@ def load(
       ``{"params", "state", "masks", "curriculum", "progress"}``.
 
     Raises:
-      ValueError: the checkpoint's leaf paths or shapes differ from ``params``.
+      ValueError: the checkpoint's leaf paths or shapes differ from ``params``; a
+        ``.metadata`` file naming anything but DCP's metadata classes (read with a
+        restricted unpickler: nothing in it runs).
+      RuntimeError: on the other ranks, when one rank fails in any step (every rank
+        raises right away; none waits for the process-group timeout).
     """
+    who = "funcurriculum.distributed.load"
+    name = os.fspath(checkpoint_id)
     leaves, spec = flatten(params)
     paths = spec_paths(spec)
-    md = dcp.FileSystemReader(checkpoint_id).read_metadata().state_dict_metadata
-    if _META not in md:
-        raise ValueError(f"{os.fspath(checkpoint_id)!r} is not a funcurriculum DCP checkpoint")
+
+    def read_md() -> Any:
+        md = read_metadata(os.path.join(name, ".metadata")).state_dict_metadata
+        if _META not in md:
+            raise ValueError(f"{name!r} is not a funcurriculum DCP checkpoint")
+        return md
+
+    md = _phase(group, who, read_md)
     blob = {_META: torch.empty(tuple(md[_META].size), dtype=torch.uint8)}
-    _dcp(dcp.load, blob, checkpoint_id, group)
-    meta = _decode(torch.load(io.BytesIO(blob[_META].numpy().tobytes()), weights_only=True))
-    if list(meta["paths"]) != list(paths):
-        missing = [p for p in meta["paths"] if p not in paths]
-        extra = [p for p in paths if p not in meta["paths"]]
-        raise ValueError(
-            f"checkpoint {os.fspath(checkpoint_id)!r} was saved for other params: "
-            f"missing here {missing[:8]}, not in the checkpoint {extra[:8]}"
-            + ("" if missing or extra else " (same paths, different order)")
-        )
-    for p, t in zip(paths, leaves):
-        saved = tuple(md[f"params/{p}"].size)
-        if saved != tuple(t.shape):
+    _dcp(dcp.load, blob, checkpoint_id, group, storage_reader=_load_reader(checkpoint_id))
+
+    def check() -> Any:
+        try:
+            raw = torch.load(io.BytesIO(blob[_META].numpy().tobytes()), weights_only=True)
+            meta = _decode(raw)
+            meta = {k: meta[k] for k in ("paths", "masks", "curriculum", "progress")}
+        except Exception as exc:  # refused globals, corrupted bytes, a malformed record
             raise ValueError(
-                f"checkpoint leaf {p!r} has shape {saved}, params have {tuple(t.shape)}"
+                f"{name!r}: unreadable meta entry: {type(exc).__name__}: {exc}"
+            ) from None
+        if list(meta["paths"]) != list(paths):
+            missing = [p for p in meta["paths"] if p not in paths]
+            extra = [p for p in paths if p not in meta["paths"]]
+            raise ValueError(
+                f"checkpoint {name!r} was saved for other params: "
+                f"missing here {missing[:8]}, not in the checkpoint {extra[:8]}"
+                + ("" if missing or extra else " (same paths, different order)")
             )
+        for p, t in zip(paths, leaves):
+            saved = tuple(md[f"params/{p}"].size)
+            if saved != tuple(t.shape):
+                raise ValueError(
+                    f"checkpoint leaf {p!r} has shape {saved}, params have {tuple(t.shape)}"
+                )
+        return meta
+
+    meta = _phase(group, who, check)
     masks = unflatten(spec, meta["masks"])
     state = opt.init(params, masks)
-    sd: dict[str, Any] = {f"params/{p}": t for p, t in zip(paths, leaves)}
-    sd.update(_state_entries(state, spec, paths))
-    absent = [k for k in sd if k not in md]
-    if absent:
-        raise ValueError(
-            f"checkpoint {os.fspath(checkpoint_id)!r} lacks {absent[:8]}: was it saved with "
-            "the same optimizer and masks?"
-        )
+
+    def entries() -> dict[str, Any]:
+        sd: dict[str, Any] = {f"params/{p}": t for p, t in zip(paths, leaves)}
+        sd.update(_state_entries(state, spec, paths))
+        absent = [k for k in sd if k not in md]
+        if absent:
+            raise ValueError(
+                f"checkpoint {name!r} lacks {absent[:8]}: was it saved with "
+                "the same optimizer and masks?"
+            )
+        return sd
+
+    sd = _phase(group, who, entries)
     with torch.no_grad():
-        _dcp(dcp.load, sd, checkpoint_id, group)
+        _dcp(dcp.load, sd, checkpoint_id, group, storage_reader=_load_reader(checkpoint_id))
+    # the values DCP filled in (a tampered count or step) are checked like fc.load's
+    _phase(group, who, lambda: check_opt_state(state, params, name))
     return {
         "params": params,
         "state": state,

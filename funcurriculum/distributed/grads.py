@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import torch
@@ -63,6 +65,15 @@ def unpack(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
     return [p.view(t.shape) for p, t in zip(parts, like)]
 
 
+def _cap_bytes(bucket_cap_mb: Any) -> int:
+    """``bucket_cap_mb`` in bytes; a clear error for a non-number, negative or non-finite."""
+    if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, numbers.Real):
+        raise TypeError(f"bucket_cap_mb must be a number, got {bucket_cap_mb!r}")
+    if not math.isfinite(float(bucket_cap_mb)) or bucket_cap_mb < 0:
+        raise ValueError(f"bucket_cap_mb must be finite and >= 0, got {bucket_cap_mb!r}")
+    return int(bucket_cap_mb * 2**20)
+
+
 def all_reduce_grads(
     grads: PyTree,
     masks: PyTree | None = None,
@@ -96,7 +107,8 @@ def all_reduce_grads(
 
     Raises:
       RuntimeError: no process group is initialised.
-      ValueError: the ranks disagree on the tree or the masks (raised on every rank).
+      ValueError: the ranks disagree on the tree, the masks or ``bucket_cap_mb``
+        (raised on every rank, before any bucket is sent).
       TypeError: a communicated leaf is a DTensor (its collectives belong to DTensor).
 
     Example:
@@ -110,7 +122,9 @@ def all_reduce_grads(
     paths = spec_paths(spec)
     error: BaseException | None = None
     send: list[int] = []
+    cap = 0
     try:
+        cap = _cap_bytes(bucket_cap_mb)
         flags = _mask_flags(masks, paths)
         for i, (g, f) in enumerate(zip(leaves, flags)):
             if not f or g is None:
@@ -126,15 +140,22 @@ def all_reduce_grads(
     except (TypeError, ValueError) as exc:
         error = exc
     sent = set(send)
-    digest = checksum(paths, [i in sent for i in range(len(leaves))], leaves)
+    digest = checksum(paths, [i in sent for i in range(len(leaves))], leaves, f"cap={cap}")
     numel = sum(leaves[i].numel() for i in send)
-    agree(group, who, digest, (len(send), numel), error)
+    agree(
+        group,
+        who,
+        digest,
+        (len(send), numel, cap),
+        error,
+        labels=("leaves", "elements", "bucket_cap_mb (in bytes)"),
+    )
 
     out = list(leaves)
     if world == 1 or not send:
         return unflatten(spec, out)
     pending = []
-    for b in buckets(send, leaves, bucket_cap_mb * 2**20):
+    for b in buckets(send, leaves, cap):
         flat = pack([leaves[i] for i in b])
         pending.append((b, flat, dist.all_reduce(flat, group=group, async_op=True)))
     for b, flat, work in pending:

@@ -8,6 +8,8 @@ to one engine (see :func:`funcurriculum.optimizer.Optimizer.update` for how it c
   dynamic (tensor) masks;
 * `generic`: the same ``step`` for rules without kernels, eagerly, on cache-sized flat
   chunks of each leaf when the rule is elementwise;
+* `compiled` (opt-in): the same ``step`` through ``torch.compile``, one fused loop per
+  leaf (fast once compiled; the first call per rule and dtype compiles);
 * `fused`: the rule's declared in-place multi-tensor kernel (torch's fused kernels),
   directly on the caller's buffers (``donate=True``) or on fresh copies made wave by wave;
 * `triton`: the rule's declared one-launch kernel (a learning rate and count per leaf,
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-ENGINES = ("auto", "reference", "generic", "fused", "triton")
+ENGINES = ("auto", "reference", "generic", "compiled", "fused", "triton")
 
 
 @dataclass
