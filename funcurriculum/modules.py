@@ -260,8 +260,8 @@ def stack_modules(
     parameters, becomes a ``ValueError``.
 
     Args:
-      models: E modules of one class with the same parameter and buffer names and
-        shapes (e.g. E differently seeded copies).
+      models: E modules (a list, tuple or ``nn.ModuleList``) of one class with the same
+        parameter and buffer names and shapes (e.g. E differently seeded copies).
 
     Returns:
       ``(params, buffers, base)``: dicts of tensors with a leading member dimension E
@@ -286,6 +286,8 @@ def stack_modules(
       >>> out.shape
       torch.Size([4, 5, 2])
     """
+    if isinstance(models, nn.ModuleList):
+        models = list(models)
     if isinstance(models, nn.Module) or not isinstance(models, Sequence) or not models:
         raise TypeError("stack_modules needs a non-empty list of nn.Module members")
     for k, m in enumerate(models):

@@ -202,7 +202,7 @@ class ParamIndex:
     def matches_class(self, layer: str, wanted: Sequence[str]) -> bool:
         """Does ``layer`` match a normalised class spec (see ``normalize_classes``)?"""
         mro = self.classes.get(layer, ())
-        return bool(mro) and class_matches(mro, wanted, self.own_params(layer))
+        return bool(mro) and class_matches(mro, wanted, self._relative.get(layer, ()))
 
     def layers_of_class(self, classes: Any, what: str = "classes") -> list[str]:
         """Layer names whose class matches ``classes`` (a class, a name or a tuple)."""

@@ -222,6 +222,7 @@ def test_stack_modules_bad_inputs():
         fc.stack_modules([])
     with pytest.raises(TypeError):
         fc.stack_modules(nn.Linear(2, 2))
+    assert fc.stack_modules(nn.ModuleList([nn.Linear(2, 2)] * 2))[0]["weight"].shape == (2, 2, 2)
     with pytest.raises(ValueError, match="member 1 is a Sequential"):
         fc.stack_modules([nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2))])
     with pytest.raises(ValueError, match=r"member 1's parameter weight has shape"):
