@@ -235,6 +235,29 @@ def test_gpt2_oracle_with_frozen_tied_head():
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
+def test_gpt2_oracle_llrd_with_trainable_tied_head():
+    model = gpt2()
+    # the head's group first: the tied weight still takes its canonical name's group
+    cur = fc.layer_decay(
+        fc.Curriculum.from_module(model),
+        0.5,
+        {
+            ("transformer.ln_f", "lm_head"): 3,
+            ("transformer.wte", "transformer.wpe"): 0,
+            r"transformer\.h\.0": 1,
+            r"transformer\.h\.1": 2,
+        },
+    )
+    assert cur.coeffs["transformer.wte.weight"] == 0.125  # the embeddings' group
+    pair = Pair(model, cur, {"weight_decay_mask": no_decay}, weight_decay_mask=no_decay)
+    # the tied weight is one parameter in one group (torch.optim would warn on a duplicate)
+    n_params = sum(len(g["params"]) for g in pair.torch_opt.param_groups)
+    assert n_params == len(list(model.parameters()))
+    for ids, y in batches(3, labels=None):
+        pair.step(ids, y)
+    pair.check()
+
+
 def test_gpt2_select_by_class_explains_conv1d():
     cur = fc.Curriculum.from_module(gpt2())
     with pytest.warns(UserWarning, match="Conv1D"):
