@@ -57,10 +57,12 @@ from .modules import (
     frozen_norm_eval,
     merge_buffers,
     shield_buffers,
+    stack_modules,
 )
 from .multi import MultiOptimizer, labels_by_pattern, multi_optimizer
 from .optimizer import Optimizer, force_reference
 from .optimizers import adam, adamw, sgd
+from .param_index import ParamIndex
 from .partition import combine, partition
 from .plateau import ReduceOnPlateau, reduce_on_plateau
 from .schedule import Schedule, apply_transition, describe_change
@@ -155,6 +157,8 @@ __all__ = [
     "polynomial_lr",
     "ReduceOnPlateau",
     "reduce_on_plateau",
+    "stack_modules",
+    "ParamIndex",
 ]
 
 

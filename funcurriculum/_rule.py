@@ -80,21 +80,16 @@ def exact(names: Sequence[str]) -> list[str]:
 
 def leaves_of(cur: Curriculum, names: Sequence[str]) -> set[int]:
     """Indices of the leaves under each of ``names`` (layer names or leaf paths)."""
-    under = cur._layout.leaves_under
-    out: set[int] = set()
-    for n in names:
-        out.update(under[n])
-    return out
+    return cur.index.leaves_of(names)
 
 
 def leaf_names(cur: Curriculum) -> tuple[tuple[str, ...], ...]:
     """Every name of each leaf (its path, then the aliases of a tied weight)."""
-    names = getattr(cur._layout, "leaf_names", None)
-    return names if names is not None else tuple((p,) for p in cur._layout.paths)
+    return cur.index.leaf_names
 
 
 def unknown_name_error(what: str, name: str, cur: Curriculum) -> ValueError:
-    near = close_matches(name, cur._layout.nodes)
+    near = close_matches(name, cur.index.nodes)
     hint = f"; did you mean {near}?" if near else ""
     return ValueError(f"{what}: {name!r} is neither a parameter nor a layer name{hint}")
 

@@ -41,7 +41,10 @@ def layer_decay(
         * a mapping ``{pattern or tuple of patterns: id}``: explicit ids, so several
           groups may share one (timm puts the final norm with the last block).
 
-        Leaves in no group keep their coefficient.
+        Leaves in no group keep their coefficient. A tied weight (GPT-2's ``wte`` /
+        ``lm_head``) takes the group of its canonical name, the first in
+        ``named_parameters()`` order (``Curriculum.tied``), whatever order the groups
+        come in: its alias only shares it.
 
     Returns:
       A new :class:`Curriculum` with a coefficient entry on each selected name.
@@ -85,8 +88,36 @@ def layer_decay(
             f"layer_decay groups must be None, a list of groups or a mapping, got {groups!r}"
         )
     max_id = max(gid for _, gid in pairs)
+    start = cur
+    values = []
     for pats, gid in pairs:
-        cur = cur.set_lr_coefficient(float(decay) ** (max_id - gid), pats)
+        value = float(decay) ** (max_id - gid)
+        values.append((cur.select(pats), value))
+        cur = cur.set_lr_coefficient(value, pats)
+    return _canonical_ties(start, cur, values)
+
+
+def _canonical_ties(
+    start: Curriculum, cur: Curriculum, values: Sequence[tuple[list[str], float]]
+) -> Curriculum:
+    """Give each tied weight the value of the group that reaches its canonical name.
+
+    The group selecting the most specific name on the path to the weight's first name
+    (``named_parameters()`` order) wins, a later group on an equally specific name
+    winning as in `Curriculum.set_lr_coefficient`; a tied weight no group reaches
+    through that name keeps its coefficient from before, whatever its aliases' groups.
+    """
+    index = cur.index
+    for path in index.tied:
+        chain = [*prefixes(path), path]
+        best: tuple[int, float] | None = None
+        for names, value in values:
+            depth = max((chain.index(n) for n in names if n in chain), default=-1)
+            if depth >= 0 and (best is None or depth >= best[0]):
+                best = (depth, value)
+        want = start.leaf_coefficients[index.index[path]] if best is None else best[1]
+        if cur.leaf_coefficients[index.index[path]] != want:
+            cur = cur.set_lr_coefficient(want, exact([path]))
     return cur
 
 

@@ -4,92 +4,17 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import optree
 import torch
 
-from ._select import Patterns, match_names, node_names
-from ._tree import PyTree, flatten_with_paths, prefixes, unflatten
-
-
-@dataclass(frozen=True, eq=False)
-class Layout:
-    """The structure a curriculum is defined over (shared by all derived curricula)."""
-
-    spec: optree.PyTreeSpec
-    paths: tuple[str, ...]
-    numels: tuple[int, ...]
-    nodes: tuple[str, ...] = field(init=False)
-    leaves_under: Mapping[str, tuple[int, ...]] = field(init=False)
-    index: Mapping[str, int] = field(init=False)
-    # Extra per-layer information, filled by ``Curriculum.from_module``: module path
-    # ("" = the root) -> qualified names of its class and bases (most derived first);
-    # names, not classes, so checkpoints stay code-free.
-    classes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    # Tied weights: alias parameter name -> the leaf path it shares (the first name).
-    aliases: Mapping[str, str] = field(default_factory=dict)
-    # Every parameter name, aliases included, in module order (empty: ``paths``).
-    names: tuple[str, ...] = ()
-    leaf_names: tuple[tuple[str, ...], ...] = field(init=False)  # leaf -> all its names
-    tied: Mapping[str, tuple[str, ...]] = field(init=False)  # tied leaf path -> aliases
-
-    def __post_init__(self) -> None:
-        order = self.names or self.paths
-        index = {p: i for i, p in enumerate(self.paths)}
-        bad = [a for a, t in self.aliases.items() if t not in index or a in index]
-        if bad or sorted(order) != sorted([*self.paths, *self.aliases]):
-            raise ValueError(
-                f"malformed Layout: aliases {dict(self.aliases)} / names do not fit the paths"
-            )
-        nodes = node_names(order)
-        under: dict[str, dict[int, None]] = {n: {} for n in nodes}
-        names_of: list[list[str]] = [[p] for p in self.paths]
-        for name in order:
-            i = index[self.aliases.get(name, name)]
-            if name in self.aliases:
-                names_of[i].append(name)
-            for q in prefixes(name):
-                under[q][i] = None
-            under[name][i] = None
-        object.__setattr__(self, "nodes", tuple(nodes))
-        object.__setattr__(self, "leaves_under", {k: tuple(sorted(v)) for k, v in under.items()})
-        object.__setattr__(self, "index", index)
-        object.__setattr__(self, "leaf_names", tuple(tuple(n) for n in names_of))
-        object.__setattr__(self, "tied", {n[0]: tuple(n[1:]) for n in names_of if len(n) > 1})
-
-    def is_leaf_name(self, name: str) -> bool:
-        return name in self.index or name in self.aliases
-
-    @classmethod
-    def from_params(cls, params: PyTree, **extra: Any) -> Layout:
-        paths, leaves, spec = flatten_with_paths(params)
-        numels = []
-        for p, leaf in zip(paths, leaves):
-            if not isinstance(leaf, torch.Tensor):
-                raise TypeError(
-                    f"params leaf {p!r} is a {type(leaf).__name__}, expected a torch.Tensor"
-                )
-            numels.append(leaf.numel())
-        if len(set(paths)) != len(paths):
-            dup = sorted({p for p in paths if paths.count(p) > 1})
-            raise ValueError(f"params have duplicate dotted paths {dup}")
-        return cls(spec=spec, paths=paths, numels=tuple(numels), **extra)
-
-    def skeleton(self) -> PyTree:
-        """Params' container structure with leaf indices as leaves (plain data)."""
-        return unflatten(self.spec, range(len(self.paths)))
-
-    def render(self, leaves: Sequence[Any]) -> PyTree:
-        return unflatten(self.spec, leaves)
-
-    def parent(self, name: str) -> str | None:
-        for q in reversed(prefixes(name)):
-            if q in self.leaves_under:
-                return q
-        return None
+from . import _groups, _resolve, _table
+from ._classes import class_hint, describe_classes, lookalike_hint, normalize_classes
+from ._select import Patterns
+from ._tree import PyTree, describe_mismatch, prefixes
+from .param_index import ParamIndex
 
 
 def _check_coefficient(coefficient: Any) -> float:
@@ -139,17 +64,17 @@ class Curriculum:
       {'backbone.conv.weight': 1.0, 'head.weight': 0.1}
     """
 
-    __slots__ = ("_layout", "_frozen_leaves", "_entries", "__weakref__")
+    __slots__ = ("_index", "_frozen_leaves", "_entries", "__weakref__")
 
     def __init__(self, params: PyTree):
-        self._layout = Layout.from_params(params)
-        self._frozen_leaves: tuple[bool, ...] = (False,) * len(self._layout.paths)
+        self._index = ParamIndex.from_params(params)
+        self._frozen_leaves: tuple[bool, ...] = (False,) * len(self._index.paths)
         self._entries: dict[str, float] = {}
 
     @classmethod
-    def _make(cls, layout: Layout, frozen_leaves: tuple[bool, ...], entries: dict[str, float]):
+    def _make(cls, index: ParamIndex, frozen_leaves: tuple[bool, ...], entries: dict[str, float]):
         obj = cls.__new__(cls)
-        obj._layout = layout
+        obj._index = index
         obj._frozen_leaves = tuple(frozen_leaves)
         obj._entries = dict(entries)
         return obj
@@ -177,10 +102,34 @@ class Curriculum:
           >>> cur.masks
           {'0.weight': False, '0.bias': False, '1.weight': True, '1.bias': True}
         """
-        from .modules import layout_from_module
+        index = ParamIndex.from_module(module)
+        return cls._make(index, (False,) * len(index.paths), {})
 
-        lay = layout_from_module(module)
-        return cls._make(lay, (False,) * len(lay.paths), {})
+    @classmethod
+    def from_requires_grad(cls, module: torch.nn.Module) -> Curriculum:
+        """`from_module`, with the parameters that have ``requires_grad=False`` frozen.
+
+        How models arrive from peft (``get_peft_model`` freezes the base model and
+        leaves the adapters trainable) or from code that set the flags by hand. A tied
+        weight is one parameter, so it has one flag.
+
+        Args:
+          module: the model (read for names, classes, sizes and ``requires_grad``).
+
+        Returns:
+          A ``Curriculum`` (all coefficients 1.0) whose masks equal the flags.
+
+        Example:
+          >>> import torch, funcurriculum as fc
+          >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+          >>> m[0].requires_grad_(False)  # doctest: +ELLIPSIS
+          Linear(...)
+          >>> fc.Curriculum.from_requires_grad(m).frozen
+          frozenset({'0'})
+        """
+        base = cls.from_module(module)
+        flags = tuple(not p.requires_grad for p in module.parameters())
+        return cls._make(base._index, flags, {})
 
     def __setattr__(self, name: str, value: Any) -> None:
         if hasattr(self, "_entries"):
@@ -189,33 +138,37 @@ class Curriculum:
 
     # -- structure ---------------------------------------------------------------
     @property
+    def index(self) -> ParamIndex:
+        """The `ParamIndex` (paths, layer names, tied weights, classes) this is over."""
+        return self._index
+
+    @property
     def paths(self) -> list[str]:
         """Leaf paths in traversal order."""
-        return list(self._layout.paths)
+        return list(self._index.paths)
 
     @property
     def layer_names(self) -> list[str]:
         """Layer (module) names, parent before child (a layer holding only a tied
         weight's alias is listed too)."""
-        lay = self._layout
-        return [n for n in lay.nodes if not lay.is_leaf_name(n)]
+        return self._index.layers
 
     @property
     def tied(self) -> dict[str, tuple[str, ...]]:
         """Tied weights (from :meth:`from_module`): leaf path -> its other names."""
-        return dict(self._layout.tied)
+        return dict(self._index.tied)
 
     @property
     def module_classes(self) -> dict[str, str]:
         """Layer name -> qualified class name (from :meth:`from_module`; else empty)."""
-        return {n: mro[0] for n, mro in self._layout.classes.items() if n}
+        return {n: mro[0] for n, mro in self._index.classes.items() if n}
 
     def select(self, patterns: Patterns) -> list[str]:
         """Names (layers and leaf paths) matched by ``patterns``; see :func:`select_layers`."""
-        return match_names(self._layout.nodes, patterns)
+        return self._index.select(patterns)
 
     def _need_classes(self, what: str) -> None:
-        if not self._layout.classes:
+        if not self._index.classes:
             raise ValueError(
                 f"{what} needs a curriculum that knows layer classes: build it with "
                 "Curriculum.from_module(module)"
@@ -245,21 +198,26 @@ class Curriculum:
           >>> fc.Curriculum.from_module(m).select_by_class(torch.nn.Linear, under="2")
           ['2.0']
         """
-        from .modules import class_hint, class_matches, describe_classes, normalize_classes
-
         self._need_classes("selecting layers by class")
         wanted = normalize_classes(classes, "classes")
-        lay = self._layout
-        layers = [n for n in lay.nodes if n in lay.classes and not lay.is_leaf_name(n)]
+        ix = self._index
+        layers = [n for n in ix.layers if n in ix.classes]
         if under is not None:
             roots = self.select(under)
             layers = [n for n in layers if any(n == r or n.startswith(r + ".") for r in roots)]
-        found = [n for n in layers if class_matches(lay.classes[n], wanted)]
+        found = [n for n in layers if ix.matches_class(n, wanted)]
+        present = [ix.classes[n][0] for n in layers]
         if not found:
             where = "" if under is None else f" under {under!r}"
-            present = [lay.classes[n][0] for n in layers]
             raise ValueError(
                 f"no layer of class {describe_classes(wanted)}{where}" + class_hint(wanted, present)
+            )
+        hint = lookalike_hint(wanted, present)
+        if hint:
+            warnings.warn(
+                f"select_by_class({describe_classes(wanted)}) found {len(found)} layer(s) "
+                f"{found[:4]}{hint}",
+                stacklevel=2,
             )
         return found
 
@@ -271,34 +229,22 @@ class Curriculum:
         return self.select(patterns)
 
     def _leaves_of(self, names: Sequence[str]) -> set[int]:
-        out: set[int] = set()
-        for name in names:
-            out.update(self._layout.leaves_under[name])
-        return out
+        return self._index.leaves_of(names)
 
     def _leaves_of_class(self, classes: Any) -> frozenset[int]:
         """Leaves with a layer of ``classes`` on the path to them (through any name).
 
         The rule a prefix-based selection (``Freezer``) uses for ``keep``.
         """
-        from .modules import class_matches, normalize_classes
-
         self._need_classes("keep=")
-        wanted = normalize_classes(classes, "keep")
-        lay = self._layout
-        out = set()
-        for i, names in enumerate(lay.leaf_names):
-            for n in names:
-                if any(class_matches(lay.classes.get(q, ()), wanted) for q in prefixes(n)):
-                    out.add(i)
-        return frozenset(out)
+        return self._index.leaves_of_class(classes, "keep")
 
     # -- freezing ----------------------------------------------------------------
     def _with_frozen(self, leaves: set[int], value: bool) -> Curriculum:
         fl = list(self._frozen_leaves)
         for i in leaves:
             fl[i] = value
-        return Curriculum._make(self._layout, tuple(fl), self._entries)
+        return Curriculum._make(self._index, tuple(fl), self._entries)
 
     def freeze(
         self, patterns: Patterns | None = None, keep: Any = None, *, classes: Any = None
@@ -333,39 +279,20 @@ class Curriculum:
         return self._freeze_keep(names, keep)
 
     def _freeze_keep(self, names: list[str], keep: Any) -> Curriculum:
-        from .modules import class_matches, normalize_classes
-
         self._need_classes("freeze(keep=...)")
         wanted = normalize_classes(keep, "keep")
-        lay = self._layout
-        sel = set(names)
-        fl = list(self._frozen_leaves)
-        for i in sorted(self._leaves_of(names)):
-            decided: dict[str, tuple[bool, str | None]] = {}
-            for n in lay.leaf_names[i]:
-                chain = [*prefixes(n), n]
-                start = next((k for k, q in enumerate(chain) if q in sel), None)
-                if start is None:
-                    continue
-                mods = chain[start:-1] if start < len(chain) - 1 else [(prefixes(n) or [""])[-1]]
-                hit = next((m for m in mods if class_matches(lay.classes.get(m, ()), wanted)), None)
-                decided[n] = (hit is not None, hit)
-            verdicts = {k for k, _ in decided.values()}
-            if len(verdicts) > 1:
-                kept = next(n for n, (k, _) in decided.items() if k)
-                froze = next(n for n, (k, _) in decided.items() if not k)
-                cls = lay.classes[decided[kept][1]][0].rsplit(".", 1)[-1]
-                raise ValueError(
-                    f"freeze(keep=...) conflicts on the tied weight {lay.paths[i]!r}: through "
-                    f"{kept!r} it is kept trainable (layer {decided[kept][1]!r}: {cls}) but "
-                    f"through {froze!r} it is frozen; select the weight through one name only, "
-                    "or freeze / unfreeze it explicitly"
-                )
-            fl[i] = not verdicts.pop()
-        return Curriculum._make(lay, tuple(fl), self._entries)
+        flags = _resolve.freeze_keeping(self._index, self._frozen_leaves, names, wanted)
+        return Curriculum._make(self._index, flags, self._entries)
 
     def unfreeze(self, patterns: Patterns | None = None, *, classes: Any = None) -> Curriculum:
         """New curriculum with the selected layers' whole subtrees trainable.
+
+        One exception: inside peft's ``modules_to_save`` wrappers
+        (``ModulesToSaveWrapper``: ``head.original_module.*`` beside the trained copy
+        ``head.modules_to_save.default.*``) the original module stays frozen unless
+        a selected name lies inside ``original_module`` itself; a broader selection
+        that reaches it warns and leaves it frozen (peft trains the copy, and the
+        original's weights are what ``disable_adapter`` restores).
 
         Args:
           patterns: str or list of str (see :meth:`freeze`).
@@ -374,9 +301,18 @@ class Curriculum:
         Returns:
           A new ``Curriculum``.
         """
-        return self._with_frozen(
-            self._leaves_of(self._selection(patterns, classes, "unfreeze")), False
-        )
+        names = self._selection(patterns, classes, "unfreeze")
+        leaves = self._leaves_of(names)
+        guarded = _resolve.peft_originals(self._index, self._frozen_leaves, names, leaves)
+        if guarded:
+            shown = [self._index.paths[i] for i in sorted(guarded)]
+            warnings.warn(
+                f"unfreeze({patterns!r}) reaches the frozen originals of peft modules_to_save "
+                f"wrappers {shown[:4]}{' ...' if len(shown) > 4 else ''}: left frozen (peft "
+                "trains the '.modules_to_save.' copy); name '...original_module' to unfreeze it",
+                stacklevel=2,
+            )
+        return self._with_frozen(leaves - guarded, False)
 
     # -- coefficients ----------------------------------------------------------------
     def set_lr_coefficient(
@@ -411,7 +347,7 @@ class Curriculum:
         """
         c = _check_coefficient(coefficient)
         names = self._selection(patterns, classes, "set_lr_coefficient")
-        lay = self._layout
+        lay = self._index
         tied = lay.tied
         tied_names = {n for p, al in tied.items() for n in (p, *al)}
         entries = dict(self._entries)
@@ -423,48 +359,13 @@ class Curriculum:
             else:
                 entries[name] = c
         if tied:
-            self._set_tied(c, set(names), entries)
+            _resolve.set_tied(lay, c, set(names), entries)
         return Curriculum._make(lay, self._frozen_leaves, entries)
-
-    def _set_tied(self, c: float, sel: set[str], entries: dict[str, float]) -> None:
-        for lnames in self._layout.leaf_names:
-            if len(lnames) < 2:
-                continue
-            acted: list[str] = []
-            blocked: list[tuple[str, str, float]] = []
-            for n in lnames:
-                chain = [*prefixes(n), n]
-                if not any(q in sel for q in chain):
-                    continue
-                gov = (
-                    None
-                    if n in sel
-                    else next((q for q in reversed(prefixes(n)) if q in entries), None)
-                )
-                if gov is None or gov in sel:
-                    acted.append(n)
-                elif entries[gov] != c:
-                    blocked.append((n, gov, entries[gov]))
-            if not acted:
-                continue
-            if blocked:
-                n, gov, v = blocked[0]
-                raise ValueError(
-                    f"set_lr_coefficient({c:g}) conflicts on the tied weight {lnames[0]!r}: "
-                    f"through {acted[0]!r} it would get {c:g}, but through {n!r} the more "
-                    f"specific entry {gov!r} keeps {v:g}; select the weight through one name "
-                    "only, or set the entry on the weight itself"
-                )
-            has_chain = any(q in entries for n in lnames for q in prefixes(n))
-            if c == 1.0 and not has_chain:
-                entries.pop(lnames[0], None)
-            else:
-                entries[lnames[0]] = c
 
     def _leaf_coefficient(self, path: str) -> float:
         if path in self._entries:
             return self._entries[path]
-        if path in self._layout.tied:
+        if path in self._index.tied:
             return 1.0
         for q in reversed(prefixes(path)):
             if q in self._entries:
@@ -472,13 +373,25 @@ class Curriculum:
         return 1.0
 
     def param_groups(
-        self, params: Any, lr: float, *, since: Curriculum | None = None, named: bool = False
+        self,
+        params: Any,
+        lr: float,
+        *,
+        since: Curriculum | None = None,
+        named: bool = False,
+        weight_decay: float | None = None,
+        weight_decay_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
     ) -> list[dict[str, Any]]:
         """``torch.optim`` param groups for this curriculum.
 
         Frozen leaves are left out; one group per distinct coefficient (in order of
         first appearance), with ``lr = lr * coefficient``; within a group, leaves keep
         traversal order. A tied weight is one leaf, so it appears once.
+
+        With ``weight_decay_mask`` (the same object `fc.adamw(..., weight_decay_mask=)`
+        takes: True = decays) each coefficient's leaves split in two groups, the
+        masked-out ones with ``"weight_decay": 0.0``: torch.optim's spelling of the
+        no-decay recipe (biases and norm weights).
 
         Args:
           params: ``dict`` of tensors with this curriculum's structure (e.g.
@@ -488,9 +401,14 @@ class Curriculum:
             ``optimizer.add_param_group`` at a phase change that unfreezes them).
           named: give params as ``(name, tensor)`` pairs (torch.optim then records
             ``param_names``); every group of one optimizer must agree on this.
+          weight_decay: written into every decaying group (``None``: left to the
+            optimizer's default).
+          weight_decay_mask: a pytree of bools like params or a callable
+            ``params -> pytree`` (called on the params dict); False = no decay.
 
         Returns:
-          A list of ``{"params": [...], "lr": ...}`` dicts.
+          A list of ``{"params": [...], "lr": ...}`` dicts (plus ``"weight_decay"``
+          where set).
 
         Example:
           >>> import torch, funcurriculum as fc
@@ -499,10 +417,31 @@ class Curriculum:
           >>> [(len(g["params"]), g["lr"]) for g in cur.param_groups(m, 1e-2)]
           [(2, 0.001), (2, 0.01)]
           >>> opt = torch.optim.SGD(cur.param_groups(m, 1e-2))
+          >>> no_bias = lambda p: {k: not k.endswith("bias") for k in p}
+          >>> [g.get("weight_decay") for g in cur.param_groups(m, 1e-2, weight_decay_mask=no_bias)]
+          [None, 0.0, None, 0.0]
         """
-        from .modules import param_groups
-
-        return param_groups(self, params, lr, since=since, named=named)
+        skip = None
+        if since is not None:
+            if not isinstance(since, Curriculum):
+                raise TypeError(f"since must be a Curriculum, got {type(since).__name__}")
+            if since.paths != self.paths:
+                raise ValueError(
+                    "since= is a curriculum over other params: "
+                    + describe_mismatch(self._index.paths, since._index.paths)
+                )
+            skip = [not f for f in since.frozen_leaves]
+        return _groups.param_groups(
+            self._index,
+            params,
+            lr,
+            self._frozen_leaves,
+            self.leaf_coefficients,
+            skip,
+            named=named,
+            weight_decay=weight_decay,
+            weight_decay_mask=weight_decay_mask,
+        )
 
     # -- views -------------------------------------------------------------------
     @property
@@ -513,22 +452,22 @@ class Curriculum:
     @property
     def leaf_coefficients(self) -> tuple[float, ...]:
         """Per-leaf coefficients in traversal order."""
-        return tuple(self._leaf_coefficient(p) for p in self._layout.paths)
+        return tuple(self._leaf_coefficient(p) for p in self._index.paths)
 
     @property
     def masks(self) -> PyTree:
         """Dense bool pytree with the params' structure (True = trainable)."""
-        return self._layout.render([not f for f in self._frozen_leaves])
+        return self._index.render([not f for f in self._frozen_leaves])
 
     @property
     def coeffs(self) -> PyTree:
         """Dense float pytree with the params' structure (effective lr = lr * coeff)."""
-        return self._layout.render(self.leaf_coefficients)
+        return self._index.render(self.leaf_coefficients)
 
     @property
     def frozen(self) -> frozenset[str]:
         """Sparse frozen set: the maximal fully-frozen subtrees (layer names or leaf paths)."""
-        lay = self._layout
+        lay = self._index
         full = {n for n in lay.nodes if all(self._frozen_leaves[i] for i in lay.leaves_under[n])}
         out = set()
         for n in full:
@@ -544,15 +483,15 @@ class Curriculum:
 
     @property
     def num_params(self) -> int:
-        return sum(self._layout.numels)
+        return sum(self._index.numels)
 
     @property
     def num_trainable(self) -> int:
-        return sum(n for n, f in zip(self._layout.numels, self._frozen_leaves) if not f)
+        return sum(n for n, f in zip(self._index.numels, self._frozen_leaves) if not f)
 
     # -- comparison / display -------------------------------------------------------
     def _key(self) -> tuple:
-        return (self._layout.paths, self._frozen_leaves, self.leaf_coefficients)
+        return (self._index.paths, self._frozen_leaves, self.leaf_coefficients)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Curriculum):
@@ -563,7 +502,7 @@ class Curriculum:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        n = len(self._layout.paths)
+        n = len(self._index.paths)
         k = sum(self._frozen_leaves)
         return (
             f"Curriculum({n} leaves, {k} frozen, {self.num_trainable}/{self.num_params} params "
@@ -572,48 +511,23 @@ class Curriculum:
 
     def rows(self) -> list[tuple[str, str, str, int]]:
         """(name, frozen, coefficient, #params) for every layer and top-level leaf."""
-        lay = self._layout
-        out = []
-        for n in lay.nodes:
-            idx = lay.leaves_under[n]
-            fz = [self._frozen_leaves[i] for i in idx]
-            frozen = "yes" if all(fz) else ("partial" if any(fz) else "no")
-            cs = sorted({self._leaf_coefficient(lay.paths[i]) for i in idx})
-            coeff = f"{cs[0]:g}" if len(cs) == 1 else "mixed"
-            out.append((n, frozen, coeff, sum(lay.numels[i] for i in idx)))
-        return out
+        return _table.rows(self._index, self._frozen_leaves, self.leaf_coefficients)
 
-    def summary(self) -> str:
+    def summary(self, lr: float | None = None) -> str:
         """A table: layer / leaf, frozen (yes / no / partial), coefficient, #params.
 
         A curriculum from :meth:`from_module` adds a ``class`` column, and marks tied
         weights: the leaf row lists its aliases (``tied: decoder.weight``) and an
-        alias row names the leaf it shares (``= embed.weight``).
+        alias row names the leaf it shares (``= embed.weight``). `fc.summary` renders
+        the same table with an ``lr`` column.
+
+        Args:
+          lr: a base learning rate: adds the ``lr`` column (``lr * coefficient``).
+
+        Returns:
+          The table as a string.
         """
-        lay = self._layout
-        has_cls = bool(lay.classes)
-        head = ("name", "frozen", "coeff", "params") + (("class",) if has_cls else ())
-        rows = [head]
-        for n, f, c, k in self.rows():
-            name = n
-            if n in lay.tied:
-                name = f"{n} (tied: {', '.join(lay.tied[n])})"
-            elif n in lay.aliases:
-                name = f"{n} (= {lay.aliases[n]})"
-            row = (name, f, c, f"{k:,}")
-            if has_cls:
-                row += (lay.classes[n][0].rsplit(".", 1)[-1] if n in lay.classes else "",)
-            rows.append(row)
-        ncol = len(head)
-        widths = [max(len(r[j]) for r in rows) for j in range(ncol)]
-        lines = [
-            "  ".join(
-                (r[j].rjust(widths[j]) if j == 3 else r[j].ljust(widths[j])) for j in range(ncol)
-            ).rstrip()
-            for r in rows
-        ]
-        lines.insert(1, "-" * max(len(x) for x in lines))
-        return "\n".join(lines)
+        return _table.render_table(self._index, self._frozen_leaves, self.leaf_coefficients, lr)
 
     # -- serialisation (plain data, used by fc.save) ---------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -623,55 +537,30 @@ class Curriculum:
         qualified class names) and tied-weight aliases, so ``keep=`` / ``classes=``
         and ties work after loading.
         """
-        lay = self._layout
-        out: dict[str, Any] = {
-            "skeleton": lay.skeleton(),
-            "numels": list(lay.numels),
-            "frozen_leaves": list(self._frozen_leaves),
-            "lr_coefficients": dict(self._entries),
-        }
-        if lay.classes:
-            out["classes"] = {n: mro[0] for n, mro in lay.classes.items()}
-            out["class_bases"] = {mro[0]: list(mro[1:]) for mro in lay.classes.values()}
-        if lay.aliases:
-            out["aliases"] = dict(lay.aliases)
-            out["names"] = list(lay.names)
+        out = self._index.to_dict()
+        out["frozen_leaves"] = list(self._frozen_leaves)
+        out["lr_coefficients"] = dict(self._entries)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Curriculum:
         """Inverse of :meth:`to_dict`."""
-        paths, leaves, spec = flatten_with_paths(data["skeleton"])
-        if list(leaves) != list(range(len(leaves))):
-            raise ValueError("malformed Curriculum record: skeleton leaves out of order")
-        numels, frozen = tuple(data["numels"]), tuple(data["frozen_leaves"])
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numels):
-            raise ValueError("malformed Curriculum record: numels must be ints >= 0")
+        try:
+            index = ParamIndex.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"malformed Curriculum record: {exc}") from None
+        frozen = tuple(data["frozen_leaves"])
         if not all(isinstance(b, bool) for b in frozen):
             bad = next(b for b in frozen if not isinstance(b, bool))
             raise ValueError(
                 f"malformed Curriculum record: frozen_leaves holds {bad!r}, not a bool"
             )
-        if len(numels) != len(paths) or len(frozen) != len(paths):
+        if len(frozen) != len(index.paths):
             raise ValueError("malformed Curriculum record: lengths disagree with the skeleton")
-        extra: dict[str, Any] = {}
-        if "classes" in data:
-            bases = data.get("class_bases", {})
-            extra["classes"] = {
-                str(n): (str(q), *(str(b) for b in bases.get(q, ())))
-                for n, q in data["classes"].items()
-            }
-        if "aliases" in data:
-            extra["aliases"] = {str(a): str(t) for a, t in data["aliases"].items()}
-            extra["names"] = tuple(str(n) for n in data.get("names", ()))
-        try:
-            layout = Layout(spec=spec, paths=paths, numels=numels, **extra)
-        except ValueError as exc:
-            raise ValueError(f"malformed Curriculum record: {exc}") from None
         entries = {str(k): _check_coefficient(v) for k, v in data["lr_coefficients"].items()}
-        unknown = [k for k in entries if k not in layout.leaves_under]
+        unknown = [k for k in entries if k not in index.leaves_under]
         if unknown:
             raise ValueError(
                 f"malformed Curriculum record: coefficient entries for unknown names {unknown}"
             )
-        return cls._make(layout, frozen, entries)
+        return cls._make(index, frozen, entries)

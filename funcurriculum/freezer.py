@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._classes import NORM_BY_NAME, normalize_classes
 from ._rule import (
     Span,
     leaf_names,
@@ -85,9 +86,9 @@ class Freezer(Span):
 
     def __post_init__(self) -> None:
         if self.keep is not None:
-            from .modules import normalize_classes
-
-            object.__setattr__(self, "keep", normalize_classes(self.keep, "Freezer keep"))
+            keep = normalize_classes(self.keep, "Freezer keep")
+            # the by-name norm marker is re-derived from the classes where keep is used
+            object.__setattr__(self, "keep", tuple(k for k in keep if k != NORM_BY_NAME))
         for f in (
             "names",
             "name_starts_with",
@@ -113,7 +114,7 @@ class Freezer(Span):
                 if any(n.startswith(prefix) for n in names)
             }
             if not hit:
-                near = close_matches(prefix, cur._layout.nodes)
+                near = close_matches(prefix, cur.index.nodes)
                 hint = f"; did you mean {near}?" if near else ""
                 raise ValueError(f"Freezer {what}: no parameter path starts with {prefix!r}{hint}")
             out |= hit
@@ -121,7 +122,7 @@ class Freezer(Span):
 
     def _name_leaves(self, cur: Curriculum, names: tuple[str, ...], what: str) -> set[int]:
         for n in names:
-            if n not in cur._layout.leaves_under:
+            if n not in cur.index.leaves_under:
                 raise unknown_name_error(f"Freezer {what}", n, cur)
         return leaves_of(cur, names)
 
@@ -171,7 +172,7 @@ class Freezer(Span):
         """
         cur = params if isinstance(params, Curriculum) else Curriculum(params)
         idx = self.resolve(cur)
-        return [p for i, p in enumerate(cur._layout.paths) if i in idx]
+        return [p for i, p in enumerate(cur.index.paths) if i in idx]
 
     # -- timing ----------------------------------------------------------------------
     def holds(self, step: int | None = None, epoch: int | None = None) -> bool:

@@ -118,7 +118,7 @@ class GradualUnfreeze(Rule):
             for j in range(i):
                 common = sets[i] & sets[j]
                 if common:
-                    path = cur._layout.paths[min(common)]
+                    path = cur.index.paths[min(common)]
                     raise ValueError(
                         f"GradualUnfreeze groups {list(self.groups[j])} and {list(self.groups[i])} "
                         f"overlap (both hold {path!r})"

@@ -32,9 +32,10 @@ def _effective(cur: Curriculum, leaves: Sequence[int], base: float) -> float:
 def summary(curriculum: Curriculum, lr: float | LRSchedule | None = None, step: int = 0) -> str:
     """A table of the curriculum: name, frozen, coefficient, #params, and effective lr.
 
-    Extends :meth:`Curriculum.summary` with an ``lr`` column (``lr(step) * coefficient``;
-    ``-`` for frozen rows, ``mixed`` when a row's trainable leaves differ) when ``lr``
-    is given.
+    The table of `Curriculum.summary` (one renderer) with an ``lr`` column
+    (``lr(step) * coefficient``; ``-`` for frozen rows, ``mixed`` when a row's trainable
+    leaves differ) when ``lr`` is given; a curriculum from ``from_module`` also shows
+    the ``class`` column and tied weights.
 
     Args:
       curriculum: the curriculum (e.g. ``schedule.at(step=..., epoch=...)``).
@@ -59,35 +60,7 @@ def summary(curriculum: Curriculum, lr: float | LRSchedule | None = None, step: 
         raise TypeError(f"summary needs a Curriculum, got {type(curriculum).__name__}")
     if lr is None:
         return curriculum.summary()
-    base = _lr_value(lr, step)
-    lay = curriculum._layout
-    frozen, coeffs = curriculum.frozen_leaves, curriculum.leaf_coefficients
-    header = ("name", "frozen", "coeff", "params", "lr")
-    rows = [header]
-    for name in lay.nodes:
-        idx = lay.leaves_under[name]
-        fz = [frozen[i] for i in idx]
-        state = "yes" if all(fz) else ("partial" if any(fz) else "no")
-        cs = {coeffs[i] for i in idx}
-        coeff = f"{cs.pop():g}" if len(cs) == 1 else "mixed"
-        live = {coeffs[i] for i in idx if not frozen[i]}
-        if not live:
-            eff = "-"
-        elif len(live) > 1:
-            eff = "mixed"
-        else:
-            eff = f"{base * live.pop():.4g}"
-        numel = sum(lay.numels[i] for i in idx)
-        rows.append((name, state, coeff, f"{numel:,}", eff))
-    widths = [max(len(r[j]) for r in rows) for j in range(5)]
-
-    def fmt(r: Sequence[str]) -> str:
-        cells = [r[j].rjust(widths[j]) if j == 3 else r[j].ljust(widths[j]) for j in range(5)]
-        return "  ".join(cells).rstrip()
-
-    lines = [fmt(r) for r in rows]
-    lines.insert(1, "-" * (sum(widths) + 2 * (len(widths) - 1)))
-    return "\n".join(lines)
+    return curriculum.summary(lr=_lr_value(lr, step))
 
 
 def _default_rows(cur: Curriculum) -> list[str]:
@@ -159,7 +132,7 @@ def plot_schedule(
         raise ValueError(f"steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
     base = schedule.curriculum
     names = list(layers) if layers is not None else _default_rows(base)
-    under = base._layout.leaves_under
+    under = base.index.leaves_under
     unknown = [n for n in names if n not in under]
     if unknown:
         raise ValueError(f"plot_schedule layers: unknown names {unknown}")

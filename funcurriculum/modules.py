@@ -4,8 +4,8 @@
 class names, so checkpoints stay code-free) and the aliases of tied weights. This
 module holds the helpers behind it and the bridges to object-oriented code:
 
-* :data:`NORM_LAYERS`: torch's normalisation classes, for ``freeze(..., keep=...)``.
-* :func:`apply_requires_grad`: set ``requires_grad`` on a module from a curriculum.
+* `NORM_LAYERS`: torch's normalisation classes, for ``freeze(..., keep=...)``.
+* `apply_requires_grad`: set ``requires_grad`` on a module from a curriculum.
 * ``Curriculum.param_groups``: ``torch.optim`` param groups for a curriculum.
 * :func:`frozen_norm_eval`, :func:`shield_buffers`, :func:`merge_buffers`: keep the
   running statistics of frozen BatchNorm layers still in ``functional_call`` loops.
@@ -14,19 +14,17 @@ module holds the helpers behind it and the bridges to object-oriented code:
 from __future__ import annotations
 
 import contextlib
-import difflib
-import math
-import numbers
+import copy
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from ._classes import NORM_LAYERS
 from ._tree import describe_mismatch, prefixes
-
-if TYPE_CHECKING:
-    from .curriculum import Curriculum, Layout
+from .curriculum import Curriculum
 
 __all__ = [
     "NORM_LAYERS",
@@ -34,194 +32,18 @@ __all__ = [
     "frozen_norm_eval",
     "merge_buffers",
     "shield_buffers",
+    "stack_modules",
 ]
 
 
-def _norm_layers() -> tuple[type[nn.Module], ...]:
-    names = (
-        "BatchNorm1d",
-        "BatchNorm2d",
-        "BatchNorm3d",
-        "SyncBatchNorm",
-        "LazyBatchNorm1d",
-        "LazyBatchNorm2d",
-        "LazyBatchNorm3d",
-        "LayerNorm",
-        "GroupNorm",
-        "InstanceNorm1d",
-        "InstanceNorm2d",
-        "InstanceNorm3d",
-        "LazyInstanceNorm1d",
-        "LazyInstanceNorm2d",
-        "LazyInstanceNorm3d",
-        "RMSNorm",  # torch >= 2.4
-    )
-    return tuple(getattr(nn, n) for n in names if hasattr(nn, n))
-
-
-#: torch's parameter-bearing normalisation classes: BatchNorm1d/2d/3d, SyncBatchNorm,
-#: LayerNorm, GroupNorm, InstanceNorm1d/2d/3d, RMSNorm and the Lazy variants.
-#: Pass it as ``keep=`` to :meth:`Curriculum.freeze` for fastai's / Lightning's
-#: ``train_bn`` behaviour. Subclasses match too (classes are compared along the MRO).
-NORM_LAYERS: tuple[type[nn.Module], ...] = _norm_layers()
-
-
-# -- class names -----------------------------------------------------------------------
-def qualified_name(cls: type) -> str:
-    """``module.QualName`` of a class (what checkpoints store)."""
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def class_mro_names(cls: type) -> tuple[str, ...]:
-    """Qualified names of ``cls`` and its bases (``object`` left out), most derived first."""
-    return tuple(qualified_name(k) for k in cls.__mro__ if k is not object)
-
-
-def _short(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
-
-
-def normalize_classes(classes: Any, what: str) -> tuple[str, ...]:
-    """Validate a class spec (a class, a class name, or a tuple / list of them).
-
-    Returns qualified names (for classes) and the strings as given (for names).
-    """
-    items = list(classes) if isinstance(classes, (tuple, list)) else [classes]
-    out = []
-    for c in items:
-        if isinstance(c, type):
-            out.append(qualified_name(c))
-        elif isinstance(c, str) and c:
-            out.append(c)
-        else:
-            raise TypeError(
-                f"{what} must be a module class, a class name or a tuple of them, got "
-                f"{type(c).__name__}: {c!r}"
-            )
-    return tuple(out)
-
-
-def class_matches(mro: Sequence[str], wanted: Sequence[str]) -> bool:
-    """Does a layer with MRO names ``mro`` match any of ``wanted``?
-
-    A wanted entry containing a ``.`` is a qualified name; a bare name matches the
-    class name at the end of a qualified name (``"Linear"``).
-    """
-    for w in wanted:
-        if "." in w:
-            if w in mro:
-                return True
-        elif any(_short(m) == w for m in mro):
-            return True
-    return False
-
-
-def describe_classes(wanted: Sequence[str]) -> str:
-    return ", ".join(_short(w) for w in wanted)
-
-
-def class_hint(wanted: Sequence[str], present: Sequence[str]) -> str:
-    """Close matches among the classes present (short names)."""
-    shorts = sorted({_short(p) for p in present})
-    near: list[str] = []
-    for w in wanted:
-        near += [n for n in difflib.get_close_matches(_short(w), shorts, n=3, cutoff=0.5)]
-    near = list(dict.fromkeys(near))
-    out = f"; layer classes there: {shorts[:12]}" + (" ..." if len(shorts) > 12 else "")
-    if near:
-        out += f"; did you mean {near}?"
-    return out
-
-
-# -- from_module -----------------------------------------------------------------------
-def layout_from_module(module: nn.Module) -> Layout:
-    """The :class:`Layout` of ``dict(module.named_parameters())`` with classes and aliases."""
-    from .curriculum import Layout
-
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"from_module needs an nn.Module, got {type(module).__name__}")
-    first: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    names: list[str] = []
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if isinstance(p, nn.parameter.UninitializedParameter):
-            raise ValueError(
-                f"parameter {name!r} is not initialised (a lazy module): run one forward pass "
-                "before Curriculum.from_module"
-            )
-        names.append(name)
-        if id(p) in first:
-            aliases[name] = first[id(p)]
-        else:
-            first[id(p)] = name
-    params = dict(module.named_parameters())
-    mods = dict(module.named_modules(remove_duplicate=False))
-    wanted = {""}
-    for n in names:
-        wanted.update(prefixes(n))
-    classes = {m: class_mro_names(type(mods[m])) for m in mods if m in wanted}
-    return Layout.from_params(params, classes=classes, aliases=aliases, names=tuple(names))
-
-
-# -- torch.optim export ----------------------------------------------------------------
-def _check_lr(lr: Any) -> Any:
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1:
-            raise TypeError(f"lr must be a number or a 0-d tensor, got shape {tuple(lr.shape)}")
-        return lr
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(
-            f"lr must be a number (torch.optim param groups need a base lr), got "
-            f"{type(lr).__name__}: {lr!r}"
+def _check_module_paths(module: nn.Module, curriculum: Curriculum) -> dict[str, nn.Parameter]:
+    named = dict(module.named_parameters())
+    if tuple(named) != tuple(curriculum.paths):
+        raise ValueError(
+            "the module's parameters do not match the curriculum's paths: "
+            + describe_mismatch(curriculum.paths, list(named))
         )
-    if not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
-    return float(lr)
-
-
-def _leaves_for(cur: Curriculum, params: Any, what: str) -> list[torch.Tensor]:
-    from ._tree import align
-
-    lay = cur._layout
-    if isinstance(params, nn.Module):
-        params = dict(params.named_parameters())
-    return align(params, lay.spec, lay.paths, what)
-
-
-def param_groups(
-    cur: Curriculum,
-    params: Any,
-    lr: Any,
-    *,
-    since: Curriculum | None = None,
-    named: bool = False,
-) -> list[dict[str, Any]]:
-    """Implementation of :meth:`Curriculum.param_groups`."""
-    lr = _check_lr(lr)
-    leaves = _leaves_for(cur, params, "params")
-    lay = cur._layout
-    skip = [False] * len(leaves)
-    if since is not None:
-        from .curriculum import Curriculum
-
-        if not isinstance(since, Curriculum):
-            raise TypeError(f"since must be a Curriculum, got {type(since).__name__}")
-        if since._layout.paths != lay.paths:
-            raise ValueError(
-                "since= is a curriculum over other params: "
-                + describe_mismatch(lay.paths, since._layout.paths)
-            )
-        skip = [not f for f in since.frozen_leaves]
-    groups: dict[float, dict[str, Any]] = {}
-    for path, leaf, frozen, c, s in zip(
-        lay.paths, leaves, cur.frozen_leaves, cur.leaf_coefficients, skip
-    ):
-        if frozen or s:
-            continue
-        if c not in groups:
-            groups[c] = {"params": [], "lr": lr * c}
-        groups[c]["params"].append((path, leaf) if named else leaf)
-    return list(groups.values())
+    return named
 
 
 def apply_requires_grad(module: nn.Module, curriculum: Curriculum) -> nn.Module:
@@ -251,12 +73,7 @@ def apply_requires_grad(module: nn.Module, curriculum: Curriculum) -> nn.Module:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"apply_requires_grad needs an nn.Module, got {type(module).__name__}")
-    named = dict(module.named_parameters())
-    if tuple(named) != curriculum._layout.paths:
-        raise ValueError(
-            "the module's parameters do not match the curriculum's paths: "
-            + describe_mismatch(curriculum._layout.paths, list(named))
-        )
+    named = _check_module_paths(module, curriculum)
     for p, frozen in zip(named.values(), curriculum.frozen_leaves):
         p.requires_grad_(not frozen)
     return module
@@ -266,11 +83,11 @@ def apply_requires_grad(module: nn.Module, curriculum: Curriculum) -> nn.Module:
 def _layer_frozen(cur: Curriculum, layer: str) -> bool:
     """Is module ``layer`` frozen? A parameter-less module follows its nearest
     parameter-bearing ancestor (the root: frozen when every leaf is)."""
-    lay = cur._layout
+    under = cur.index.leaves_under
     fl = cur.frozen_leaves
     for q in [layer, *reversed(prefixes(layer))] if layer else []:
-        if q in lay.leaves_under:
-            return all(fl[i] for i in lay.leaves_under[q])
+        if q in under:
+            return all(fl[i] for i in under[q])
     return bool(fl) and all(fl)
 
 
@@ -381,7 +198,7 @@ def frozen_norm_eval(
     Args:
       module: the model (the one ``functional_call`` runs).
       curriculum: the curriculum over its parameters.
-      classes: which layer classes to switch (default :data:`NORM_LAYERS`).
+      classes: which layer classes to switch (default `NORM_LAYERS`).
 
     Yields:
       ``module``.
@@ -398,12 +215,7 @@ def frozen_norm_eval(
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"frozen_norm_eval needs an nn.Module, got {type(module).__name__}")
-    names = tuple(n for n, _ in module.named_parameters())
-    if names != curriculum._layout.paths:
-        raise ValueError(
-            "the module's parameters do not match the curriculum's paths: "
-            + describe_mismatch(curriculum._layout.paths, list(names))
-        )
+    _check_module_paths(module, curriculum)
     saved = []
     for name, m in module.named_modules():
         if isinstance(m, classes) and _layer_frozen(curriculum, name) and m.training:
@@ -415,3 +227,102 @@ def frozen_norm_eval(
     finally:
         for m in saved:
             m.train(True)
+
+
+# -- ensembles of real models ----------------------------------------------------------
+def _refuse_meta(module: nn.Module, args: Any) -> None:
+    """Forward pre-hook of `stack_modules`' base: a tensor left on meta means the
+    caller did not pass it to ``functional_call`` (meta ops return garbage, not errors)."""
+    for kind, named in (
+        ("buffer", module.named_buffers()),
+        ("parameter", module.named_parameters()),
+    ):
+        missing = [n for n, t in named if t.is_meta]
+        if missing:
+            raise ValueError(
+                f"the stacked base module still holds the {kind}s {missing[:4]}"
+                f"{' ...' if len(missing) > 4 else ''} on the meta device: pass both stacked "
+                "parts, functional_call(base, (params, buffers), args) (without the buffers, "
+                "ops on meta tensors give garbage such as NaN parameters, not an error)"
+            )
+
+
+def stack_modules(
+    models: Sequence[nn.Module],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], nn.Module]:
+    """Stack same-architecture modules' parameters *and* buffers for an ensemble under vmap.
+
+    ``torch.func.stack_module_state`` plus the checks and the base module a vmapped
+    ``functional_call`` needs. The base is a copy of ``models[0]`` on the meta device
+    (it holds no memory) that refuses to run with a parameter or buffer still on meta:
+    the trap of calling ``functional_call(base, params, ...)`` without the buffers,
+    which leaves e.g. BERT's ``position_ids`` on meta and gives silently NaN
+    parameters, becomes a ``ValueError``.
+
+    Args:
+      models: E modules (a list, tuple or ``nn.ModuleList``) of one class with the same
+        parameter and buffer names and shapes (e.g. E differently seeded copies).
+
+    Returns:
+      ``(params, buffers, base)``: dicts of tensors with a leading member dimension E
+      (params detached: plain tensors for `torch.func.grad` and our optimizers;
+      tied weights appear once, under their first name) and the meta-device base.
+
+    Raises:
+      TypeError: not a non-empty sequence of modules.
+      ValueError: the members differ (class, names or shapes; the message names the
+        member and the path).
+
+    Example:
+      >>> import torch, funcurriculum as fc
+      >>> from torch.func import functional_call, vmap
+      >>> members = [torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+      ...            for _ in range(4)]
+      >>> params, buffers, base = fc.stack_modules(members)
+      >>> params["0.weight"].shape, buffers["1.running_mean"].shape
+      (torch.Size([4, 2, 3]), torch.Size([4, 2]))
+      >>> out = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), (0, 0, None))(
+      ...     params, buffers, torch.randn(5, 3))
+      >>> out.shape
+      torch.Size([4, 5, 2])
+    """
+    if isinstance(models, nn.ModuleList):
+        models = list(models)
+    if isinstance(models, nn.Module) or not isinstance(models, Sequence) or not models:
+        raise TypeError("stack_modules needs a non-empty list of nn.Module members")
+    for k, m in enumerate(models):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"stack_modules: member {k} is a {type(m).__name__}, not an nn.Module")
+    ref = models[0]
+
+    def shapes(m: nn.Module) -> dict[str, tuple]:
+        out = {f"parameter {n}": tuple(p.shape) for n, p in m.named_parameters()}
+        out.update({f"buffer {n}": tuple(b.shape) for n, b in m.named_buffers()})
+        return out
+
+    want = shapes(ref)
+    for k, m in enumerate(models[1:], 1):
+        if type(m) is not type(ref):
+            raise ValueError(
+                f"stack_modules: member {k} is a {type(m).__name__}, member 0 a "
+                f"{type(ref).__name__}"
+            )
+        got = shapes(m)
+        if list(got) != list(want):
+            raise ValueError(
+                f"stack_modules: member {k} has other parameters / buffers than member 0: "
+                + describe_mismatch(list(want), list(got))
+            )
+        bad = [n for n in want if got[n] != want[n]]
+        if bad:
+            raise ValueError(
+                f"stack_modules: member {k}'s {bad[0]} has shape {got[bad[0]]}, member 0's "
+                f"{want[bad[0]]}"
+            )
+    params, buffers = torch.func.stack_module_state(list(models))
+    params = {n: p.detach() for n, p in params.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "meta" on modules with custom _apply
+        base = copy.deepcopy(ref).to("meta")
+    base.register_forward_pre_hook(_refuse_meta)
+    return params, buffers, base

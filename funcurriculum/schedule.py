@@ -118,8 +118,8 @@ def _names(cur: Curriculum, leaves: set[int]) -> list[str]:
     if not leaves:
         return []
     flags = tuple(i in leaves for i in range(len(cur.paths)))
-    covered = Curriculum._make(cur._layout, flags, {}).frozen
-    return [n for n in cur._layout.nodes if n in covered]
+    covered = Curriculum._make(cur.index, flags, {}).frozen
+    return [n for n in cur.index.nodes if n in covered]
 
 
 def describe_change(prev: Curriculum, next: Curriculum) -> str | None:
@@ -150,7 +150,7 @@ def describe_change(prev: Curriculum, next: Curriculum) -> str | None:
         parts.append(f"unfroze {unfroze}")
     if prev.leaf_coefficients != next.leaf_coefficients:
         a, b = prev.lr_coefficients, next.lr_coefficients
-        keys = [n for n in next._layout.nodes if a.get(n) != b.get(n)]
+        keys = [n for n in next.index.nodes if a.get(n) != b.get(n)]
         changes = ", ".join(f"{k}: {a.get(k, 1.0):g} -> {b.get(k, 1.0):g}" for k in keys)
         parts.append(f"coefficients {changes}")
     return "; ".join(parts) or None

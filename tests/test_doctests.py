@@ -98,6 +98,7 @@ PAGES = [
     "docs/composing.md",
     "docs/performance.md",
     "docs/catalogue.md",
+    "docs/recipes.md",
 ]
 _BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.S | re.M)
 
@@ -129,12 +130,45 @@ def test_markdown_snippets_run(page, capsys):
         del sys.modules[module.__name__]
 
 
+_REQUIRES = re.compile(r"\A# requires: *(.+)\n")
+
+
+def _missing(code: str) -> list[str]:
+    """Optional packages a block names on its first line (``# requires: transformers``)
+    that are not importable."""
+    m = _REQUIRES.match(code)
+    if not m:
+        return []
+    out = []
+    for name in (n.strip() for n in m.group(1).split(",")):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            out.append(name)
+    return out
+
+
+def test_requires_marker():
+    assert _missing("# requires: torch\nx = 1\n") == []
+    assert _missing("# requires: torch, not_a_package_xyz\n") == ["not_a_package_xyz"]
+    assert _missing("x = 1  # requires: not_a_package_xyz\n") == []
+
+
 def _run_blocks(page: str, blocks: list[str], namespace: dict) -> None:
+    """Run the blocks in order; a block whose optional packages are missing is skipped
+    (the rest still run), and the page then reports a skip naming them."""
+    skipped: dict[str, None] = {}
     for i, code in enumerate(blocks):
+        missing = _missing(code)
+        if missing:
+            skipped.update(dict.fromkeys(missing))
+            continue
         try:
             exec(compile(code, f"{page}[block {i}]", "exec"), namespace)
         except Exception as exc:  # pragma: no cover - the failure message
             raise AssertionError(f"{page}, python block {i} failed:\n{code}") from exc
+    if skipped:
+        pytest.skip(f"{page}: blocks needing {list(skipped)} skipped (pip install '.[hf]')")
 
 
 def test_every_public_name_has_an_api_entry_in_the_docs():
