@@ -23,6 +23,11 @@ except ImportError:  # pragma: no cover - exercised when tqdm is absent
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
+def interactive() -> bool:
+    """Whether stderr (where tqdm draws) is a terminal."""
+    return sys.stderr.isatty()
+
+
 def progress(
     iterable: Iterable, desc: str, enabled: bool = True, initial: int = 0, total: int | None = None
 ) -> Iterable:
@@ -30,7 +35,7 @@ def progress(
 
     Non-interactive logs (CI, ``> log.txt``) get no bar: tqdm's carriage returns clutter them.
     """
-    if tqdm is None or not enabled or not sys.stderr.isatty():
+    if tqdm is None or not enabled or not interactive():
         return iterable
     return tqdm(iterable, desc=desc, leave=False, initial=initial, total=total)
 
