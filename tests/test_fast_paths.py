@@ -4,7 +4,7 @@ Fast paths (``funcurriculum.driver``): the pure CPU "wave" engine (fresh buffers
 slice by slice, then torch's in-place fused kernel on them), the clone-then-fused engine
 (other devices), and donation (torch's in-place kernel on the caller's buffers). The
 reference path is the per-leaf pure math used under ``torch.func`` transforms, forced
-here with :func:`funcurriculum.driver.force_reference`.
+here with ``funcurriculum.driver.force_reference``.
 """
 
 from __future__ import annotations
