@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,8 @@ def test_vmap_sweep_matches_a_loop_of_torch_optim(capsys):
     assert res["acc_vmap"].max() > 0.85
     assert 0.1 < res["best_coefficient"] <= 100
     assert "best coefficient" in out and "torch.optim.Adam" in out
+    assert "showing 10 of 32 members" in out  # the table is a subset, and says so
+    assert re.search(r"over all 32 members: \d+\.\d%", out)  # percent, like the table
 
 
 def test_vmap_sweep_first_steps_equal_torch_optim_per_member():
