@@ -9,6 +9,7 @@ with no pages, so a missing build cannot pass.
 Usage: python docs/_ext/check_site.py site/
 """
 
+# convert_roles: skip (Sphinx roles shown on purpose)
 from __future__ import annotations
 
 import html
