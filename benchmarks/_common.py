@@ -82,7 +82,7 @@ def summary(ts: list[float]) -> dict:
 def paired_ratio(ta: list[float], tb: list[float], iters: int) -> float:
     """Median over rounds of (median time of ``a`` / median time of ``b``) in that round.
 
-    ``ta`` and ``tb`` come from :func:`interleaved` (``iters`` calls per round, in round
+    ``ta`` and ``tb`` come from ``interleaved`` (``iters`` calls per round, in round
     order): both cases of a ratio ran within seconds of each other, so a slow drift of
     the machine between rounds cancels out."""
     rounds = min(len(ta), len(tb)) // max(iters, 1)

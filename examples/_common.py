@@ -7,8 +7,11 @@ and ``from _common import ...`` works; the tests add the folder themselves.
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -20,13 +23,53 @@ except ImportError:  # pragma: no cover - exercised when tqdm is absent
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
+def interactive() -> bool:
+    """Whether stderr (where tqdm draws) is a terminal."""
+    return sys.stderr.isatty()
+
+
 def progress(
     iterable: Iterable, desc: str, enabled: bool = True, initial: int = 0, total: int | None = None
 ) -> Iterable:
-    """Wrap ``iterable`` in a tqdm bar when tqdm is installed and ``enabled``."""
-    if tqdm is None or not enabled:
+    """Wrap ``iterable`` in a tqdm bar when tqdm is installed, ``enabled`` and stderr is a TTY.
+
+    Non-interactive logs (CI, ``> log.txt``) get no bar: tqdm's carriage returns clutter them.
+    """
+    if tqdm is None or not enabled or not interactive():
         return iterable
     return tqdm(iterable, desc=desc, leave=False, initial=initial, total=total)
+
+
+OUTPUTS = Path(__file__).resolve().parents[1] / "outputs"
+
+
+def output_path(name: str) -> Path:
+    """Where an example writes a file: ``outputs/<name>`` (gitignored), never the repo root."""
+    return OUTPUTS / name
+
+
+@contextmanager
+def show_phase_changes(enabled: bool = True) -> Iterator[None]:
+    """Print the ``funcurriculum`` logger's INFO lines (the phase changes) inside the block.
+
+    ``fc.make_step`` / ``fc.apply_transition`` log one line per phase change on the
+    ``"funcurriculum"`` logger; Python shows INFO records only once logging is configured,
+    so an example that wants them visible attaches a handler for the block.
+    """
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("funcurriculum")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("  [funcurriculum] %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def digits(images: bool = False) -> Split:

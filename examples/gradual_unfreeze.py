@@ -31,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import add_common_args, digits, num_threads, progress, random_split
+from _common import add_common_args, digits, num_threads, output_path, progress, random_split
 from torch.func import functional_call, grad_and_value
 
 import funcurriculum as fc
@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--every", type=int, default=1, help="epochs between two releases")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--decay", type=float, default=0.7, help="LLRD factor per stage")
-    ap.add_argument("--plot", default="gradual_unfreeze.png", help="schedule plot file ('' = none)")
+    ap.add_argument(
+        "--plot",
+        default=str(output_path("gradual_unfreeze.png")),
+        help="schedule plot file (default outputs/gradual_unfreeze.png; '' = none)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     add_common_args(ap)
     args = ap.parse_args(argv)
@@ -192,6 +196,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     plot = None
     if args.plot:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
         try:
             plot = fc.plot_schedule(schedule, epochs * steps_per_epoch, lr=lr, path=args.plot,
                                     steps_per_epoch=steps_per_epoch)  # fmt: skip

@@ -30,7 +30,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import add_common_args, digits, num_threads, progress, random_split
+from _common import add_common_args, digits, num_threads, progress, random_split, show_phase_changes
 from torch import nn
 from torch.func import functional_call
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     add_common_args(ap)
     args = ap.parse_args(argv)
-    with num_threads(args.threads):
+    with num_threads(args.threads), show_phase_changes():
         if args.ckpt_dir is None:
             with tempfile.TemporaryDirectory() as d:
                 return run(args, d)

@@ -134,11 +134,15 @@ def run(args: argparse.Namespace) -> dict:
         acc_loop = torch.stack([(m(val[0]).argmax(-1) == val[1]).float().mean() for m in looped])
 
     best = int(acc_vmap.argmax())
-    print(f"LR sweep: {members} members x {steps} steps, base lr {args.lr:g}, Adam\n")
+    show = sorted(set(range(0, members, max(members // 8, 1))) | {best, members - 1})
+    print(f"LR sweep: {members} members x {steps} steps, base lr {args.lr:g}, Adam")
+    print(
+        f"showing {len(show)} of {members} members (every {max(members // 8, 1)}th, "
+        f"the best and the last)\n"
+    )
     header = f"{'coeff':>9}{'lr':>11}{'val acc (vmap)':>16}{'val acc (loop)':>16}"
     print(header)
     print("-" * len(header))
-    show = sorted(set(range(0, members, max(members // 8, 1))) | {best, members - 1})
     for i in show:
         mark = "  <- best" if i == best else ""
         print(
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace) -> dict:
         )
     diff = (acc_vmap - acc_loop).abs().max().item()
     print(f"\nbest coefficient: {coefficients[best].item():.3g} (val acc {acc_vmap[best]:.1%})")
-    print(f"max |acc(vmap) - acc(loop)| over members: {diff:.4f}")
+    print(f"max |acc(vmap) - acc(loop)| over all {members} members: {diff:.1%}")
     print(
         f"time: vmap {t_vmap:.2f} s  vs  loop of {members} torch.optim.Adam {t_loop:.2f} s"
         f"  ({t_loop / t_vmap:.1f}x)"

@@ -1,7 +1,8 @@
-"""``make_step``: a small functional training step driven by a :class:`Schedule`."""
+"""``make_step``: a small functional training step driven by a ``Schedule``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ def make_step(
     schedule: Schedule | Curriculum,
     *,
     donate: bool = False,
+    logger: logging.Logger | None = None,
 ) -> Callable[..., tuple[PyTree, dict[str, Any], torch.Tensor, Curriculum]]:
     """A training step: curriculum from the schedule, transition, gradient, update.
 
@@ -30,10 +32,16 @@ def make_step(
 
     takes the curriculum ``cur = schedule.at(step=step, epoch=epoch)``; when ``prev``
     (the ``cur`` returned by the previous call) is given it moves the optimizer state
-    with :func:`apply_transition` (fresh state for just-unfrozen leaves, one log line
+    with ``apply_transition`` (fresh state for just-unfrozen leaves, one log line
     per phase change); it differentiates ``loss_fn`` with ``torch.func.grad`` with
-    respect to the trainable leaves only (:func:`partition`), so frozen leaves cost no
+    respect to the trainable leaves only (``partition``), so frozen leaves cost no
     gradient compute; then ``opt.update(params, grads, state, cur.masks, cur.coeffs)``.
+
+    The phase-change lines (``phase change at step 100: unfroze ['backbone']``) are
+    INFO records on the ``"funcurriculum"`` logger (or ``logger``). Python shows INFO
+    records only once logging is configured, so to see them call e.g.
+    ``logging.basicConfig(level=logging.INFO)``, or attach a handler to
+    ``logging.getLogger("funcurriculum")`` and set its level to INFO.
 
     It is pure (unless ``donate``) and runs under ``torch.func.vmap`` for ensembles:
     keyword arguments are not batched, and the curriculum output needs
@@ -47,6 +55,8 @@ def make_step(
         (or a `fc.Sweep`), one per member: then the step is `fc.make_sweep_step`'s
         (stacked params and state, a shared batch, all members at once under ``vmap``).
       donate: passed to ``opt.update``.
+      logger: where the phase changes are logged (default
+        ``logging.getLogger("funcurriculum")``).
 
     Returns:
       ``step_fn``.
@@ -81,7 +91,7 @@ def make_step(
         prev: Curriculum | None = None,
     ) -> tuple[PyTree, dict[str, Any], torch.Tensor, Curriculum]:
         cur = schedule.at(step=step, epoch=epoch)
-        state = apply_transition(opt, state, params, prev, cur, step=step, epoch=epoch)
+        state = apply_transition(opt, state, params, prev, cur, logger, step=step, epoch=epoch)
         masks = cur.masks
         trainable, frozen = partition(params, masks)
 

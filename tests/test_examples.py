@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,84 @@ def load_example(name: str):
     return mod
 
 
-# -- digits_transfer (the README's main example) ---------------------------------------------
+# -- transfer_curriculum (the README's main example) -----------------------------------------
+@pytest.fixture(scope="module")
+def transfer():
+    return load_example("transfer_curriculum")
+
+
+def test_transfer_curriculum_table(transfer, tmp_path, capsys):
+    """--fast: every method on every seed, a mean/std/min/max table, the plot."""
+    threads = torch.get_num_threads()
+    plot = tmp_path / "t.png"
+    res = transfer.main(["--fast", "--no-progress", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # the example restores the thread count
+    assert list(res["finals"]) == list(transfer.METHODS)
+    for m in transfer.METHODS:
+        assert len(res["finals"][m]) == 2  # --fast: 2 seeds
+        assert all(0.0 <= a <= 1.0 for a in res["finals"][m])
+        assert all(len(c) == 60 // 10 + 1 for c in res["curves"][m])  # step 0, every 10
+    lines = out.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("method"))
+    assert lines[head].split() == ["method", "mean", "acc", "std", "min", "max"]
+    assert set(lines[head + 1]) == {"-"}
+    for m, row in zip(transfer.METHODS, lines[head + 2 : head + 5]):
+        assert row.startswith(m)
+        assert len(row[len(m) :].split()) == 4 and all(v.endswith("%") for v in row.split()[-4:])
+    assert "curriculum - scratch:" in out and "curriculum - naive fine-tuning:" in out
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert res["plot"] == plot and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_transfer_curriculum_schedule(transfer):
+    """Probe first (backbone frozen), then fc3, fc2, fc1 released; LLRD coefficients."""
+    import argparse
+
+    params = transfer.fresh_params(0)
+    args = argparse.Namespace(decay=0.5, probe=40, every=30)
+    s = transfer.curriculum_schedule(params, args)
+    assert s.at(step=39).frozen == frozenset({"backbone"})
+    assert s.at(step=40).frozen == frozenset({"backbone.fc1", "backbone.fc2"})
+    assert s.at(step=99).frozen == frozenset({"backbone.fc1"})
+    assert not s.at(step=100).frozen
+    c = s.at(step=100).coeffs
+    assert c["head.weight"] == 1.0 and c["backbone.fc3.bias"] == 0.5
+    assert c["backbone.fc1.weight"] == 0.125
+
+
+@pytest.mark.slow
+def test_transfer_curriculum_beats_scratch_default_settings(transfer, capsys):
+    """The README's claim: defaults, seeds 0-4, the curriculum's mean beats scratch by more
+    than the seed spread (and beats naive fine-tuning)."""
+    res = transfer.main(["--no-progress", "--plot", ""])
+    capsys.readouterr()
+    f = res["finals"]
+    assert len(f["curriculum"]) == 5
+    cur = torch.tensor(f["curriculum"])
+    scr = torch.tensor(f["scratch"])
+    naive = torch.tensor(f["naive fine-tuning"])
+    assert cur.mean() - scr.mean() > max(cur.std(), scr.std())
+    assert cur.mean() > naive.mean()
+
+
+def test_transfer_curriculum_command_line(tmp_path):
+    """The README's main command (with --fast), as a fresh process: phase changes shown."""
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / "transfer_curriculum.py"), "--fast",
+         "--plot", str(tmp_path / "p.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "phase change at step 20: unfroze ['backbone.fc3']" in r.stdout
+    assert "curriculum - scratch:" in r.stdout
+    assert "\r" not in r.stderr  # no progress bar off a TTY
+
+
+# -- digits_transfer (the mechanics, step by step) --------------------------------------------
 @pytest.fixture(scope="module")
 def digits():
     return load_example("digits_transfer")
@@ -112,6 +190,8 @@ def test_vmap_sweep_matches_a_loop_of_torch_optim(capsys):
     assert res["acc_vmap"].max() > 0.85
     assert 0.1 < res["best_coefficient"] <= 100
     assert "best coefficient" in out and "torch.optim.Adam" in out
+    assert "showing 10 of 32 members" in out  # the table is a subset, and says so
+    assert re.search(r"over all 32 members: \d+\.\d%", out)  # percent, like the table
 
 
 def test_vmap_sweep_first_steps_equal_torch_optim_per_member():
@@ -195,6 +275,9 @@ def test_progress_bar_is_optional(name, monkeypatch):
     if importlib.util.find_spec("tqdm") is not None:
         monkeypatch.undo()
         assert mod.progress(r, "x", enabled=False) is r
+        monkeypatch.setattr(common, "interactive", lambda: False)
+        assert mod.progress(r, "x") is r  # no bar in a non-interactive log
+        monkeypatch.setattr(common, "interactive", lambda: True)
         bar = mod.progress(r, "x")
         assert bar is not r and list(bar) == [0, 1, 2]
 

@@ -207,3 +207,19 @@ def test_make_step_under_vmap_for_an_ensemble():
         single, _ = run_make_step(model, data)
         for k in single:
             torch.testing.assert_close(params[k][e], single[k], rtol=1e-10, atol=1e-12)
+
+
+def test_make_step_logs_phase_changes_on_the_given_logger(caplog):
+    """``logger=`` routes the phase-change line; the default logger then stays silent."""
+    p = {"body.w": torch.ones(2), "head.w": torch.ones(2)}
+    sched = fc.Schedule(p, fc.Freezer(names="body", until_step=1))
+    mine = logging.getLogger("test_make_step_logger")
+    opt = fc.sgd(0.1)
+    step_fn = fc.make_step(lambda q, x: (q["body.w"] * q["head.w"] * x).sum(), opt, sched,
+                           logger=mine)  # fmt: skip
+    caplog.set_level(logging.INFO)
+    state, cur = opt.init(p), None
+    for t in range(3):
+        p, state, _, cur = step_fn(p, state, torch.ones(2), step=t, prev=cur)
+    lines = [(r.name, r.getMessage()) for r in caplog.records]
+    assert lines == [("test_make_step_logger", "phase change at step 1: unfroze ['body']")]
