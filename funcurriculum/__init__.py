@@ -1,6 +1,6 @@
 """funcurriculum: curriculum learning for functional PyTorch (torch.func).
 
-Params are pytrees; a :class:`Curriculum` says which leaves are frozen and which LR
+Params are pytrees; a ``Curriculum`` says which leaves are frozen and which LR
 coefficient each gets; optimizers are pure functions over pytrees that honour masks
 and per-leaf coefficients, and ``transition`` refreshes the state of leaves that
 were just unfrozen.

@@ -3,7 +3,7 @@
 Curricula record layer classes as qualified names (checkpoints stay code-free), so
 every class test here works on names: a wanted entry is a qualified name
 (``"torch.nn.modules.linear.Linear"``), a bare class name (``"Linear"``) or the
-by-name norm rule that :data:`NORM_LAYERS` brings with it.
+by-name norm rule that ``NORM_LAYERS`` brings with it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-leaf step counts: float32 0-d tensors, views of one tensor per device.
 
-Keeping the counts of :meth:`Optimizer.init` (and of a pure update) as views of one
+Keeping the counts of ``Optimizer.init`` (and of a pure update) as views of one
 1-D tensor lets a donated update add 1 to all of them with one ``add_`` (or one
 ``index_add_`` for a subset) instead of one op per leaf.
 """

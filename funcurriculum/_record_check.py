@@ -3,10 +3,10 @@
 A file written by ``torch.save`` is a zip archive of uncompressed records (the pickle,
 one record per tensor storage), each with a CRC-32 in the archive's directory. torch's
 reader never checks those CRCs, nor what the records declare against the file's size.
-:func:`verify_archive` does, before torch reads anything: every record's declared size
+``verify_archive`` does, before torch reads anything: every record's declared size
 must fit the file (a compressed record may inflate at most ``MAX_RATIO`` times), and,
 unless ``crc=False``, every record is read and its CRC compared, so one flipped bit
-anywhere in the data is refused. :func:`check_tensors` then refuses tensors that
+anywhere in the data is refused. ``check_tensors`` then refuses tensors that
 declare more elements than their storage holds (stride-0 / overlapping views of a huge
 declared size), before any caller computes with them.
 

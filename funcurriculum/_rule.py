@@ -74,7 +74,7 @@ def group_list(groups: Any, what: str) -> tuple[tuple[str, ...], ...]:
 
 
 def exact(names: Sequence[str]) -> list[str]:
-    """Patterns that select exactly ``names`` (for :meth:`Curriculum.set_lr_coefficient`)."""
+    """Patterns that select exactly ``names`` (for ``Curriculum.set_lr_coefficient``)."""
     return [re.escape(n) for n in names]
 
 
@@ -107,9 +107,9 @@ def check_clocks(rule: Rule, step: int | None, epoch: int | None) -> None:
 
 
 class Rule:
-    """Base class of schedule rules (:class:`Freezer`, :class:`GradualUnfreeze`, ...).
+    """Base class of schedule rules (``Freezer``, ``GradualUnfreeze``, ...).
 
-    A rule is immutable data. :class:`Schedule` uses four members:
+    A rule is immutable data. ``Schedule`` uses four members:
 
     * ``clocks``: the clocks (``"step"``, ``"epoch"``) its timing reads;
     * ``resolve(cur)``: validates the rule's selection against the curriculum's
@@ -152,7 +152,7 @@ class Rule:
           epoch: the 0-based epoch (needed when the rule's timing uses epochs).
 
         Returns:
-          A new :class:`Curriculum`.
+          A new ``Curriculum``.
         """
         step = clock_value(step, "step")
         epoch = clock_value(epoch, "epoch")
@@ -165,7 +165,7 @@ class Span(Rule):
     none is given) until the first ``until_*`` reached (the end when none is given).
 
     Subclasses declare the four dataclass fields ``start_step``, ``start_epoch``,
-    ``until_step``, ``until_epoch`` and call :meth:`_check_span` from ``__post_init__``.
+    ``until_step``, ``until_epoch`` and call ``_check_span`` from ``__post_init__``.
 
     Attributes:
       clocks: the clocks the span's bounds read.
@@ -202,7 +202,7 @@ class Span(Rule):
 
     def active(self, step: int | None = None, epoch: int | None = None) -> bool:
         """Whether the span covers ``step`` / ``epoch`` (a bound on a clock not given is
-        not reached; :class:`Schedule` refuses such calls)."""
+        not reached; ``Schedule`` refuses such calls)."""
         no_start = self.start_step is None and self.start_epoch is None
         started = no_start or reached(self.start_step, step) or reached(self.start_epoch, epoch)
         ended = reached(self.until_step, step) or reached(self.until_epoch, epoch)

@@ -3,7 +3,7 @@
 An optimizer state is ``{"step": int64 tensor, "count": tree of float32, <field>: tree}``
 (see ``funcurriculum.optimizer``); wrappers add tensors or numbers beside them
 (``"skipped"``, ``"grad_norm"``) and chains / multi-optimizers nest such dicts. One
-function, :func:`check_opt_state`, checks all of it, so a tampered or mismatched state
+function, ``check_opt_state``, checks all of it, so a tampered or mismatched state
 is refused with the path of the first bad entry instead of producing NaN or a wrong bias
 correction at the next update.
 """

@@ -24,7 +24,7 @@ PyTree = Any
 def flatten(tree: PyTree) -> tuple[list[Any], Any]:
     """Flatten ``tree`` in insertion order (``None`` is a leaf).
 
-    While ``torch.compile`` traces, a plain-Python walk (:class:`TracedSpec`) stands in for
+    While ``torch.compile`` traces, a plain-Python walk (``TracedSpec``) stands in for
     optree, which dynamo cannot trace: same leaves, order and paths, no graph break.
     """
     if _compiling():
@@ -37,7 +37,7 @@ def flatten(tree: PyTree) -> tuple[list[Any], Any]:
 
 
 def unflatten(spec: Any, leaves: Iterable[Any]) -> PyTree:
-    """Inverse of :func:`flatten`."""
+    """Inverse of ``flatten``."""
     if isinstance(spec, TracedSpec):
         return spec.unflatten(leaves)
     return optree.tree_unflatten(spec, leaves)
@@ -239,7 +239,7 @@ def align(
     """Leaves of ``tree`` in the order of ``ref_paths``.
 
     ``tree`` must have the reference structure, or (``allow_missing``) be a sub-tree of
-    it such as a :func:`~funcurriculum.partition` part, in which case absent leaves
+    it such as a ``partition`` part, in which case absent leaves
     come back as ``None``. Raises ``ValueError`` naming missing / unexpected paths.
     """
     leaves, spec = flatten(tree)

@@ -492,7 +492,7 @@ def sgd_multi(
 
     With ``dampening != 0`` a leaf whose count is 1 starts its momentum buffer at the
     gradient (as ``SGDRule.step``). Outputs alias their inputs or nothing (see
-    :func:`adam_multi`).
+    ``adam_multi``).
 
     Args:
       ps, gs: parameters and gradients (contiguous, one dtype, one device).

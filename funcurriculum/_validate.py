@@ -164,7 +164,7 @@ def check_leaf(path: str, p: Any, g: Any, bufs: Sequence[Any], like: Sequence[bo
 
 def plain_leaf(p: Any, g: Any, bufs: Sequence[Any]) -> bool:
     """Cheap test that a trainable leaf is valid, on CPU / CUDA, with grad and buffers of
-    its shape, dtype and one dense memory layout (then :func:`check_leaf` is not needed,
+    its shape, dtype and one dense memory layout (then ``check_leaf`` is not needed,
     and every engine can take it: the fused kernels walk raw memory)."""
     if type(p) not in _PLAIN or type(g) not in _PLAIN:
         return False

@@ -10,8 +10,8 @@ POSIX and Windows): a crash leaves either the old file or the new one. Before
 (``_record_check``), so a corrupted file is refused with a ``ValueError`` naming it.
 
 Rotation: a path *pattern* such as ``"ckpt/step{step:08d}.pt"`` names one file per
-step; :func:`checkpoint_files` lists the files a pattern matches (oldest first),
-:func:`latest_checkpoint` returns the newest and :func:`rotate` deletes all but the
+step; ``checkpoint_files`` lists the files a pattern matches (oldest first),
+``latest_checkpoint`` returns the newest and ``rotate`` deletes all but the
 newest ``keep_last``.
 """
 
@@ -238,7 +238,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
 
     Args:
       path: file to (over)write.
-      obj: a pytree of tensors, numbers, strings, ``None``, :class:`Curriculum` s and
+      obj: a pytree of tensors, numbers, strings, ``None``, ``Curriculum`` objects and
         optimizer states (dicts / lists / tuples; dict keys str or int).
 
     Raises:
@@ -256,7 +256,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
 
 
 def load(path: str | os.PathLike, map_location: Any = None, *, mmap: bool = False) -> Any:
-    """Read a checkpoint written by :func:`save` (never unpickles code).
+    """Read a checkpoint written by ``save`` (never unpickles code).
 
     Args:
       path: the file.
@@ -512,7 +512,7 @@ def latest_checkpoint(pattern: str | os.PathLike) -> str | None:
     """The newest file ``pattern`` names (highest step, then epoch), or ``None``.
 
     Args:
-      pattern: as in :func:`checkpoint_files`.
+      pattern: as in ``checkpoint_files``.
 
     Returns:
       The path, or ``None`` when no file matches.
@@ -531,7 +531,7 @@ def rotate(pattern: str | os.PathLike, keep_last: int, *, newest: str | None = N
     """Delete all but the newest ``keep_last`` files that ``pattern`` names.
 
     Args:
-      pattern: as in :func:`checkpoint_files`.
+      pattern: as in ``checkpoint_files``.
       keep_last: how many files to keep (>= 1).
       newest: the file just written: it is kept, and only files *older* than it (by
         step, then epoch) are deleted; files with higher numbers (a rollback, or a

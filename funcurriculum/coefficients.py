@@ -30,7 +30,7 @@ def layer_decay(
     factor of ``decay``, timm's ``layer_decay`` convention.
 
     Args:
-      curriculum: a :class:`Curriculum` (its other entries are kept) or a params pytree.
+      curriculum: a ``Curriculum`` (its other entries are kept) or a params pytree.
       decay: the factor per group, finite and > 0.
       groups: the layer grouping, from the input side to the output side:
 
@@ -47,7 +47,7 @@ def layer_decay(
         come in: its alias only shares it.
 
     Returns:
-      A new :class:`Curriculum` with a coefficient entry on each selected name.
+      A new ``Curriculum`` with a coefficient entry on each selected name.
 
     Raises:
       ValueError: ``decay`` not finite and > 0, a pattern matching nothing, a

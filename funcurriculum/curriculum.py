@@ -85,7 +85,7 @@ class Curriculum:
 
         Everything works as for ``Curriculum(dict(module.named_parameters()))``; in
         addition the curriculum records each layer's module class (for
-        ``freeze(..., keep=...)``, ``classes=`` selections and :meth:`select_by_class`)
+        ``freeze(..., keep=...)``, ``classes=`` selections and ``select_by_class``)
         and the aliases of tied weights: a parameter shared by two modules is one leaf
         (its first name), and selecting it through any of its names acts on it.
 
@@ -155,16 +155,16 @@ class Curriculum:
 
     @property
     def tied(self) -> dict[str, tuple[str, ...]]:
-        """Tied weights (from :meth:`from_module`): leaf path -> its other names."""
+        """Tied weights (from ``from_module``): leaf path -> its other names."""
         return dict(self._index.tied)
 
     @property
     def module_classes(self) -> dict[str, str]:
-        """Layer name -> qualified class name (from :meth:`from_module`; else empty)."""
+        """Layer name -> qualified class name (from ``from_module``; else empty)."""
         return {n: mro[0] for n, mro in self._index.classes.items() if n}
 
     def select(self, patterns: Patterns) -> list[str]:
-        """Names (layers and leaf paths) matched by ``patterns``; see :func:`select_layers`."""
+        """Names (layers and leaf paths) matched by ``patterns``; see ``select_layers``."""
         return self._index.select(patterns)
 
     def _need_classes(self, what: str) -> None:
@@ -187,7 +187,7 @@ class Curriculum:
           The matching layer names in traversal order.
 
         Raises:
-          ValueError: the curriculum was not built by :meth:`from_module`; nothing
+          ValueError: the curriculum was not built by ``from_module``; nothing
             matches (the message names the classes, the patterns and the classes that
             are there); a pattern in ``under`` matches nothing.
 
@@ -260,8 +260,8 @@ class Curriculum:
             (fastai's / Lightning's ``train_bn`` with ``keep=fc.NORM_LAYERS``). A
             leaf is kept when a layer of a kept class lies on the path from the
             selected name down to the module owning the leaf (both included; a
-            selected leaf path looks at its owner). Needs :meth:`from_module`.
-          classes: select the layers of these classes (see :meth:`select_by_class`)
+            selected leaf path looks at its owner). Needs ``from_module``.
+          classes: select the layers of these classes (see ``select_by_class``)
             instead of, or within, ``patterns``.
 
         Returns:
@@ -269,7 +269,7 @@ class Curriculum:
 
         Raises:
           ValueError: unmatched pattern / class; ``keep`` or ``classes`` on a
-            curriculum not built by :meth:`from_module`; a tied weight reached
+            curriculum not built by ``from_module``; a tied weight reached
             through two names in this call, kept through one and frozen through the
             other (the message names both).
         """
@@ -295,8 +295,8 @@ class Curriculum:
         original's weights are what ``disable_adapter`` restores).
 
         Args:
-          patterns: str or list of str (see :meth:`freeze`).
-          classes: select layers by class (see :meth:`select_by_class`).
+          patterns: str or list of str (see ``freeze``).
+          classes: select layers by class (see ``select_by_class``).
 
         Returns:
           A new ``Curriculum``.
@@ -325,7 +325,7 @@ class Curriculum:
         ``1.0`` removes the entry unless an ancestor entry would then apply, in which
         case an explicit 1.0 is kept.
 
-        A tied weight (see :meth:`from_module`) has one coefficient, stored as an
+        A tied weight (see ``from_module``) has one coefficient, stored as an
         entry on its leaf path: a call sets it when, through at least one of the
         weight's names, the call's entry becomes the most specific one; a call that
         reaches it through two names and sets it through one while the other name
@@ -336,7 +336,7 @@ class Curriculum:
           coefficient: finite, >= 0 (0 = the layer still gets its state updated but
             its parameters do not move).
           patterns: str or list of str.
-          classes: select layers by class (see :meth:`select_by_class`).
+          classes: select layers by class (see ``select_by_class``).
 
         Returns:
           A new ``Curriculum``.
@@ -516,7 +516,7 @@ class Curriculum:
     def summary(self, lr: float | None = None) -> str:
         """A table: layer / leaf, frozen (yes / no / partial), coefficient, #params.
 
-        A curriculum from :meth:`from_module` adds a ``class`` column, and marks tied
+        A curriculum from ``from_module`` adds a ``class`` column, and marks tied
         weights: the leaf row lists its aliases (``tied: decoder.weight``) and an
         alias row names the leaf it shares (``= embed.weight``). `fc.summary` renders
         the same table with an ``lr`` column.
@@ -533,7 +533,7 @@ class Curriculum:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (containers, numbers, strings) for code-free checkpoints.
 
-        A curriculum from :meth:`from_module` also stores its layer classes (as
+        A curriculum from ``from_module`` also stores its layer classes (as
         qualified class names) and tied-weight aliases, so ``keep=`` / ``classes=``
         and ties work after loading.
         """
@@ -544,7 +544,7 @@ class Curriculum:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Curriculum:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of ``to_dict``."""
         try:
             index = ParamIndex.from_dict(data)
         except ValueError as exc:

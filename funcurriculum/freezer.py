@@ -29,7 +29,7 @@ class Freezer(Span):
     * ``name_starts_with``: string prefixes tested on parameter paths, as Lighter
       does (``"enc.layer1"`` also selects ``"enc.layer10.w"``);
     * ``patterns``: regexes, ``re.fullmatch``-ed against layer names and parameter
-      paths (as :meth:`Curriculum.freeze`);
+      paths (as ``Curriculum.freeze``);
     * ``except_names`` / ``except_name_starts_with``: parameters that stay trainable
       even when selected.
 
@@ -54,14 +54,14 @@ class Freezer(Span):
       start_epoch: start holding at this epoch.
       keep: optional module class(es) (e.g. ``fc.NORM_LAYERS``) whose layers stay
         trainable inside the selection (fastai / Lightning ``train_bn``); needs a
-        curriculum from :meth:`Curriculum.from_module`. Default: nothing kept, as in
+        curriculum from ``Curriculum.from_module``. Default: nothing kept, as in
         Lighter.
 
     Raises:
       ValueError: none of ``names``, ``name_starts_with``, ``patterns`` given; a bound
         is negative; a ``start_*`` is not before the ``until_*`` of its clock. Names
-        and prefixes are checked against the params by :meth:`select` (and by
-        :class:`Schedule` at construction).
+        and prefixes are checked against the params by ``select`` (and by
+        ``Schedule`` at construction).
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -162,13 +162,13 @@ class Freezer(Span):
         """The parameter paths this freezer holds frozen, validated against ``params``.
 
         Args:
-          params: a params pytree or a :class:`Curriculum`.
+          params: a params pytree or a ``Curriculum``.
 
         Returns:
           The selected leaf paths in traversal order.
 
         Raises:
-          ValueError: see :meth:`resolve`.
+          ValueError: see ``resolve``.
         """
         cur = params if isinstance(params, Curriculum) else Curriculum(params)
         idx = self.resolve(cur)
@@ -176,7 +176,7 @@ class Freezer(Span):
 
     # -- timing ----------------------------------------------------------------------
     def holds(self, step: int | None = None, epoch: int | None = None) -> bool:
-        """Whether the selection is frozen at ``step`` / ``epoch`` (see :meth:`Span.active`)."""
+        """Whether the selection is frozen at ``step`` / ``epoch`` (see ``Span.active``)."""
         return self.active(step, epoch)
 
     def apply_phase(self, cur: Curriculum, resolved: Any, phase: Any) -> Curriculum:

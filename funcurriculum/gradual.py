@@ -17,7 +17,7 @@ class GradualUnfreeze(Rule):
 
     ``groups`` lists the groups from the input side to the output side (each group a
     pattern or a list of patterns, ``re.fullmatch``-ed against layer names and
-    parameter paths, as :meth:`Curriculum.freeze`). With ``order="output_first"``
+    parameter paths, as ``Curriculum.freeze``). With ``order="output_first"``
     (ULMFiT) the last group is released first; with ``"input_first"`` the first.
 
     Timing, on one clock (``every_n_epochs`` or ``every_n_steps``, exactly one): every
@@ -26,7 +26,7 @@ class GradualUnfreeze(Rule):
     ``n`` epochs (steps) train only what lies outside the groups (e.g. a new head).
 
     Groups must not overlap. What lies outside the groups is left alone; combine
-    with a :class:`Freezer` to hold other layers too.
+    with a ``Freezer`` to hold other layers too.
 
     Args:
       groups: the groups, input side first.

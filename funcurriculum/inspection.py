@@ -86,7 +86,7 @@ def plot_schedule(
     without pyplot, so no global state changes.
 
     Args:
-      schedule: the :class:`Schedule`.
+      schedule: the ``Schedule``.
       steps: an int ``n`` (steps ``0 .. n-1``) or the steps to show.
       lr: the base learning rate, a float or a schedule ``step -> lr`` (default 1.0,
         which shows the coefficients).

@@ -1,6 +1,6 @@
 """The per-leaf rule protocol every optimizer is written in, and its optional kernels.
 
-A rule is the math of one optimizer for one leaf; :class:`~funcurriculum.Optimizer`
+A rule is the math of one optimizer for one leaf; ``Optimizer``
 owns everything else (masks, coefficients, per-leaf counts, the lr schedule, purity and
 donation, vmap / compile, complex and half-precision leaves, weight-decay masks) and
 chooses an engine to run the rule (see `funcurriculum.engines`).
@@ -19,7 +19,7 @@ A rule is complete with three members:
   then runs eagerly, under ``torch.func.vmap``, under ``torch.compile`` and
   differentiably.
 
-Anything faster is optional and declared explicitly with :class:`Kernels` when the
+Anything faster is optional and declared explicitly with ``Kernels`` when the
 optimizer is built, never discovered by attribute look-up.
 """
 

@@ -177,7 +177,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
 
 
 def as_schedule(lr: float | Schedule) -> Schedule:
-    """A schedule for ``lr`` (a number becomes :func:`constant`)."""
+    """A schedule for ``lr`` (a number becomes ``constant``)."""
     if callable(lr):
         return lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):

@@ -4,11 +4,11 @@ Tiny by default (they run in tests on a CPU in milliseconds) but structured like
 models curricula are written for, so layer names, normalisation layers, buffers and
 tied weights behave as they do at full size:
 
-* :class:`ResNetSmall`: torchvision's ResNet naming (``conv1``, ``bn1``,
+* ``ResNetSmall``: torchvision's ResNet naming (``conv1``, ``bn1``,
   ``layer1..layer4`` of ``BasicBlock`` s with BatchNorm and ``downsample``, ``fc``).
-* :class:`TinyTransformer`: ``nn.TransformerEncoder`` naming (``embed``, ``pos``,
+* ``TinyTransformer``: ``nn.TransformerEncoder`` naming (``embed``, ``pos``,
   ``encoder.layers.N.{self_attn,linear1,linear2,norm1,norm2}``, ``encoder.norm``, ``head``).
-* :class:`BertStyle`: Hugging Face BERT naming (``embeddings``, ``encoder.layer.N``
+* ``BertStyle``: Hugging Face BERT naming (``embeddings``, ``encoder.layer.N``
   with ``attention.self / attention.output / intermediate / output``, ``pooler``,
   ``classifier``), optionally with a masked-LM head whose decoder is tied to the word
   embeddings (``lm_head.decoder.weight`` is ``embeddings.word_embeddings.weight``).

@@ -7,7 +7,7 @@ module holds the helpers behind it and the bridges to object-oriented code:
 * `NORM_LAYERS`: torch's normalisation classes, for ``freeze(..., keep=...)``.
 * `apply_requires_grad`: set ``requires_grad`` on a module from a curriculum.
 * ``Curriculum.param_groups``: ``torch.optim`` param groups for a curriculum.
-* :func:`frozen_norm_eval`, :func:`shield_buffers`, :func:`merge_buffers`: keep the
+* ``frozen_norm_eval``, ``shield_buffers``, ``merge_buffers``: keep the
   running statistics of frozen BatchNorm layers still in ``functional_call`` loops.
 """
 
@@ -55,7 +55,7 @@ def apply_requires_grad(module: nn.Module, curriculum: Curriculum) -> nn.Module:
 
     Args:
       module: the model; its ``named_parameters()`` must be the curriculum's paths.
-      curriculum: a :class:`~funcurriculum.Curriculum` over ``dict(module.named_parameters())``.
+      curriculum: a ``Curriculum`` over ``dict(module.named_parameters())``.
 
     Returns:
       ``module`` (changed in place).

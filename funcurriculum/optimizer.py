@@ -1,6 +1,6 @@
 """The optimizer interface: ``init``, pure ``update`` and ``transition`` for any rule.
 
-An :class:`Optimizer` wraps a per-leaf rule (`funcurriculum.leaf_rule`) and owns
+An ``Optimizer`` wraps a per-leaf rule (`funcurriculum.leaf_rule`) and owns
 everything else: tree alignment and validation (`funcurriculum._validate`), masks (frozen
 leaves are never read or written; bool-tensor masks under ``vmap`` / ``torch.compile``
 are honoured per member), per-leaf LR coefficients and step counts
@@ -174,7 +174,7 @@ class Optimizer:
         Args:
           params: pytree of tensors.
           masks: optional bool pytree (True = trainable); leaves frozen there (a Python
-            ``False``) hold zero-size buffers, materialised by :meth:`transition` when
+            ``False``) hold zero-size buffers, materialised by ``transition`` when
             they are unfrozen. Bool-tensor masks (dynamic) allocate every buffer.
 
         Returns:
@@ -274,7 +274,7 @@ class Optimizer:
           grads: same structure (``None`` allowed at frozen leaves), or the trainable
             part from `fc.partition` (frozen keys absent). A leaf with a bool-tensor mask
             and no grad is frozen in every member (what `fc.partition` leaves out).
-          state: from :meth:`init` / a previous update.
+          state: from ``init`` / a previous update.
           masks: bool pytree, True = trainable; ``None`` = all trainable. Leaves may be
             bool tensors: 0-d ones read as bools, batched ones under ``vmap`` give every
             member its own frozen set.

@@ -110,7 +110,7 @@ def _restore_lists(tree: Any) -> Any:
 
 
 def combine(trainable: PyTree, frozen: PyTree, like: PyTree | None = None) -> PyTree:
-    """Join the two parts of :func:`partition`.
+    """Join the two parts of ``partition``.
 
     Args:
       trainable: the trainable part (e.g. what ``torch.func.grad`` differentiates).

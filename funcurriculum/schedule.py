@@ -17,12 +17,12 @@ _CACHE_SIZE = 256
 class Schedule:
     """A base curriculum and rules applied in order: phases declared as data.
 
-    ``at(step=..., epoch=...)`` is pure: it returns the :class:`Curriculum` in force.
+    ``at(step=..., epoch=...)`` is pure: it returns the ``Curriculum`` in force.
     The base curriculum's frozen leaves stay frozen throughout; each freezing rule
-    (:class:`Freezer`, :class:`GradualUnfreeze`) adds the leaves it holds at that
+    (``Freezer``, ``GradualUnfreeze``) adds the leaves it holds at that
     point, so frozen sets combine as a union. Coefficient rules
-    (:class:`SetCoefficient`) apply in order on top of the base coefficients
-    (e.g. from :func:`layer_decay`).
+    (``SetCoefficient``) apply in order on top of the base coefficients
+    (e.g. from ``layer_decay``).
 
     Every rule is validated against the curriculum's names here, at construction.
 
@@ -32,9 +32,9 @@ class Schedule:
     ``epoch=``); a clock no rule reads may be left out.
 
     Args:
-      curriculum: the base :class:`Curriculum` (or a params pytree, meaning
+      curriculum: the base ``Curriculum`` (or a params pytree, meaning
         ``Curriculum(params)``).
-      *rules: :class:`Rule` objects.
+      *rules: ``Rule`` objects.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -92,7 +92,7 @@ class Schedule:
           epoch: 0-based epoch (required when a rule's timing reads epochs).
 
         Returns:
-          A :class:`Curriculum`.
+          A ``Curriculum``.
 
         Raises:
           ValueError: a clock a rule depends on is missing, or a clock is negative.

@@ -51,7 +51,7 @@ def make_step(
       loss_fn: ``loss_fn(params, batch) -> scalar tensor`` (e.g. a
         ``torch.func.functional_call`` of a module).
       opt: a funcurriculum optimizer.
-      schedule: a :class:`Schedule`, or a fixed :class:`Curriculum`; or a list of them
+      schedule: a ``Schedule``, or a fixed ``Curriculum``; or a list of them
         (or a `fc.Sweep`), one per member: then the step is `fc.make_sweep_step`'s
         (stacked params and state, a shared batch, all members at once under ``vmap``).
       donate: passed to ``opt.update``.

@@ -1,10 +1,10 @@
 """Full training-state checkpoints: everything needed to resume a curriculum run exactly.
 
 One file holds the params, the optimizer state (moments and per-leaf counts), the
-:class:`~funcurriculum.Curriculum` in force (frozen set and coefficients), the global
+``Curriculum`` in force (frozen set and coefficients), the global
 step and epoch, the random number generator states and any extra plain data. It is
-written with :func:`~funcurriculum.save` (atomic, code-free), and
-:func:`load_training_state` checks it against the model before returning anything.
+written with ``save`` (atomic, code-free), and
+``load_training_state`` checks it against the model before returning anything.
 
 The phase schedule is not stored: a schedule is data that your code builds, and
 asking it for the stored ``step`` / ``epoch`` gives back the schedule position.
@@ -37,13 +37,13 @@ def rng_state() -> dict[str, Any]:
     """Snapshot of the global random number generators, as plain checkpointable data.
 
     Covers torch's CPU generator, every CUDA device's generator (when CUDA is
-    available), Python's :mod:`random` and, when numpy has been imported, numpy's
+    available), Python's ``random`` and, when numpy has been imported, numpy's
     legacy global generator (``np.random.*``). Generators you create yourself
     (``torch.Generator``, ``np.random.default_rng``) are yours to store, e.g. in
     ``extra``.
 
     Returns:
-      A dict for :func:`set_rng_state` (tensors, numbers and tuples only).
+      A dict for ``set_rng_state`` (tensors, numbers and tuples only).
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -71,14 +71,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the generators captured by :func:`rng_state`.
+    """Restore the generators captured by ``rng_state``.
 
     Components absent from ``state`` are left alone. CUDA states are restored when
     CUDA is available (a warning says when they cannot be: e.g. a GPU checkpoint
     resumed on a CPU-only machine, which cannot be bit-exact anyway).
 
     Args:
-      state: a dict from :func:`rng_state` (possibly loaded from a checkpoint).
+      state: a dict from ``rng_state`` (possibly loaded from a checkpoint).
 
     Raises:
       ValueError: unknown components or malformed entries (nothing is restored then).
@@ -190,12 +190,12 @@ def _check_rng_entries(t: Any, py: Any, cuda: Any, npstate: Any) -> None:
 # -- the record -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainingState:
-    """What :func:`load_training_state` returns.
+    """What ``load_training_state`` returns.
 
     Attributes:
       params: the params pytree.
       opt_state: the optimizer state (``None`` if none was saved).
-      curriculum: the :class:`~funcurriculum.Curriculum` in force (or ``None``).
+      curriculum: the ``Curriculum`` in force (or ``None``).
       step: global step (for the schedule: ``schedule.at(step, epoch)``).
       epoch: epoch.
       rng: the stored generator states (already restored unless
@@ -314,11 +314,11 @@ def save_training_state(
         ``"ckpt/step{step:08d}.pt"``) filled in from ``step`` and ``epoch``.
       params: the params pytree.
       opt_state: the optimizer state (``opt.init`` / ``opt.update``'s), or ``None``.
-      curriculum: the :class:`~funcurriculum.Curriculum` in force, or ``None``.
+      curriculum: the ``Curriculum`` in force, or ``None``.
       step: global step (completed updates of the training loop).
       epoch: epoch.
       extra: any further checkpointable data (numbers, strings, tensors, containers).
-      rng: ``True`` stores :func:`rng_state` taken now; a dict stores that snapshot;
+      rng: ``True`` stores ``rng_state`` taken now; a dict stores that snapshot;
         ``False`` stores none.
       keep_last: keep the new file and the ``keep_last - 1`` newest files older than
         it named by the ``path`` pattern (needs a ``{step}`` or ``{epoch}`` field);
@@ -392,21 +392,21 @@ def load_training_state(
     restore_rng: bool = True,
     mmap: bool = False,
 ) -> TrainingState:
-    """Load a file written by :func:`save_training_state` and restore the RNG states.
+    """Load a file written by ``save_training_state`` and restore the RNG states.
 
     Every check runs before anything is returned or restored: with ``like_params``,
     params whose paths, shapes or dtypes differ from the model are refused with the
     list of mismatched paths, and the RNG is left untouched.
 
     Args:
-      path: the file (see :func:`~funcurriculum.latest_checkpoint` for patterns).
+      path: the file (see ``latest_checkpoint`` for patterns).
       like_params: the model's params (a pytree of tensors) to check against.
       map_location: as in ``torch.load`` (e.g. ``"cpu"``).
-      restore_rng: restore the stored generator states (:func:`set_rng_state`).
-      mmap: map tensors from the file lazily (see :func:`~funcurriculum.load`).
+      restore_rng: restore the stored generator states (``set_rng_state``).
+      mmap: map tensors from the file lazily (see ``load``).
 
     Returns:
-      A :class:`TrainingState`.
+      A ``TrainingState``.
 
     Raises:
       ValueError: naming the file, for every failure: not a training-state file, a

@@ -1,6 +1,6 @@
 """Process-group plumbing shared by the distributed helpers: group checks and misuse detection.
 
-Every collective entry point first calls :func:`agree`, one tiny ``all_reduce`` (MAX over a
+Every collective entry point first calls ``agree``, one tiny ``all_reduce`` (MAX over a
 few int64 numbers) that carries a checksum of what this rank is about to communicate (tree
 paths, which leaves take part, shapes, dtypes) plus a "this rank failed locally" flag. When
 the ranks disagree, every rank raises the same clear error instead of entering mismatched

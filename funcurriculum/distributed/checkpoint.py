@@ -139,9 +139,9 @@ def save(
       checkpoint_id: a directory (DCP writes one file per rank plus metadata).
       params: pytree of tensors (plain or DTensor).
       state: the optimizer state (sharded or not).
-      masks: masks in force (saved so :func:`load` can rebuild the state); default:
+      masks: masks in force (saved so ``load`` can rebuild the state); default:
         ``curriculum.masks`` if given, else all trainable.
-      curriculum: optional :class:`~funcurriculum.Curriculum` to store.
+      curriculum: optional ``Curriculum`` to store.
       progress: optional plain data (e.g. ``{"epoch": 3, "batch": 17}``).
       group: the process group (default: the world; no process group: single process).
 
@@ -196,15 +196,15 @@ def save(
 def load(
     checkpoint_id: str | os.PathLike, params: PyTree, opt: Any, *, group: Any = None
 ) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save` (collective), resharding as needed.
+    """Load a checkpoint written by ``save`` (collective), resharding as needed.
 
     The masks stored in the checkpoint decide which state is allocated:
-    ``opt.init(params, masks)`` (so with a :func:`shard_optimizer` each rank allocates
+    ``opt.init(params, masks)`` (so with a ``shard_optimizer`` each rank allocates
     and reads only what it owns in *this* run, whatever the world size at save time),
     then DCP fills params and state in place.
 
     Args:
-      checkpoint_id: the directory given to :func:`save`.
+      checkpoint_id: the directory given to ``save``.
       params: template pytree with the run's structure (plain tensors or DTensors with
         the placements wanted now); filled in place.
       opt: the optimizer of the resumed run (plain or sharded).

@@ -39,7 +39,7 @@ def gather_members(values: PyTree, n: int, group: Any = None) -> PyTree:
 
     Args:
       values: a tensor (or pytree of tensors) whose dim 0 is this rank's members, in
-        the order of :func:`member_slice`.
+        the order of ``member_slice``.
       n: total number of members.
       group: the process group (default: the world).
 

@@ -89,7 +89,7 @@ def all_reduce_grads(
     asynchronously before the first is waited on, so packing overlaps communication. A
     leaf is communicated only if it is a tensor and trainable: leaves frozen in
     ``masks``, ``None`` leaves and leaves absent from ``grads`` (a
-    :func:`~funcurriculum.partition` part) are not. Before the buckets, the ranks
+    ``partition`` part) are not. Before the buckets, the ranks
     exchange a checksum of what they send, so ranks passing different trees or masks
     all raise ``ValueError`` instead of hanging.
 

@@ -65,7 +65,7 @@ def _flags(masks: PyTree | None, spec, paths, what: str) -> list[bool]:
 class ShardedOptimizer:
     """An optimizer whose state is sharded over ranks (ZeRO stage 1).
 
-    Made by :func:`shard_optimizer`; same ``init`` / ``update`` / ``transition``
+    Made by ``shard_optimizer``; same ``init`` / ``update`` / ``transition``
     interface and state layout as the wrapped optimizer, except that moment buffers
     of leaves this rank does not own are zero-size. Per-leaf counts and the global
     step are kept on every rank (they are tiny), so they equal the unsharded ones.

@@ -1,7 +1,7 @@
 """The engines that run a rule over the trainable leaves of one update.
 
-:class:`~funcurriculum.Optimizer` validates the inputs, then hands each group of leaves
-to one engine (see :func:`funcurriculum.optimizer.Optimizer.update` for how it chooses):
+``Optimizer`` validates the inputs, then hands each group of leaves
+to one engine (see ``funcurriculum.optimizer.Optimizer.update`` for how it chooses):
 
 * `reference`: the rule's pure per-leaf ``step``; the only engine under ``torch.func``
   transforms, ``torch.compile`` and ``differentiable=True``, and the one that honours
