@@ -34,7 +34,7 @@ def _check_members(curricula: Sequence[Any], what: str = "curricula") -> tuple[C
             raise TypeError(f"{what}[{i}] is a {type(c).__name__}, expected an fc.Curriculum")
     first = members[0]
     for i, c in enumerate(members[1:], 1):
-        if c._layout is first._layout or c._layout.spec == first._layout.spec:
+        if c.index is first.index or c.index.spec == first.index.spec:
             continue
         if tuple(c.paths) != tuple(first.paths):
             missing = [p for p in first.paths if p not in set(c.paths)]
@@ -48,7 +48,7 @@ def _check_members(curricula: Sequence[Any], what: str = "curricula") -> tuple[C
                 f"{what}[{i}] is over other params than {what}[0]: missing {missing}, "
                 f"unexpected {extra}{order}{hint}; every member needs the same params"
             )
-        if c._layout.spec != first._layout.spec:
+        if c.index.spec != first.index.spec:
             raise ValueError(
                 f"{what}[{i}] has the same paths as {what}[0] but another tree structure"
             )
@@ -91,7 +91,7 @@ def stack_curricula(
       tensor([1.0000, 0.1000])
     """
     members = _check_members(curricula)
-    lay = members[0]._layout
+    lay = members[0].index
     frozen = torch.tensor([c.frozen_leaves for c in members], dtype=torch.bool)
     coeff = torch.tensor([c.leaf_coefficients for c in members], dtype=torch.float64)
     masks = (~frozen).T.contiguous().to(device)
