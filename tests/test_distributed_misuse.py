@@ -163,11 +163,6 @@ def test_save_disagreement_errors_on_every_rank_and_writes_nothing(ranks, case):
     assert not (tmp / case.replace("save_", "bad_") / ".metadata").exists()
 
 
-@pytest.mark.xfail(
-    reason="after merging chain/multi_optimizer, a count tree over other paths is no longer "
-    "refused locally by fcd.save; to investigate (see the session note)",
-    strict=False,
-)
 def test_save_local_failure_reaches_every_rank(ranks):
     res, tmp = ranks
     assert res[1]["save_local"][0] is not None
@@ -272,14 +267,21 @@ def test_metadata_allow_list_reads_real_checkpoints(tmp_path):
     assert all(torch.equal(out["params"][k], v) for k, v in p.items())
 
 
-def test_tampered_values_in_a_dcp_checkpoint_are_refused(tmp_path):
+def test_tampered_values_in_a_dcp_checkpoint_are_refused(tmp_path, monkeypatch):
     import funcurriculum.distributed as fcd
+    import funcurriculum.distributed.checkpoint as dck
 
     p = make_params()
     opt = fc.adam(0.1)
     state = opt.init(p)
     state["count"]["head.w"] = torch.tensor(-1.0)
+    with pytest.raises(ValueError, match=r"count.*head.w.*whole number"):
+        fcd.save(tmp_path / "refused", p, state)  # save checks the state as load does
+    assert not (tmp_path / "refused" / ".metadata").exists()
+    # a file tampered after it was written: write it past save's own check
+    monkeypatch.setattr(dck, "check_opt_state", lambda *a: None)
     fcd.save(tmp_path / "c", p, state)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match=r"count.*head.w.*whole number"):
         fcd.load(tmp_path / "c", make_params(), opt)
 

@@ -147,7 +147,8 @@ def save(
 
     Raises:
       ValueError: on every rank, when the ranks disagree on the params tree, shapes,
-        dtypes, masks, curriculum or progress (only one rank's copy would be written);
+        dtypes, masks, curriculum or progress (only one rank's copy would be written),
+        or when ``state`` does not fit ``params`` (checked as ``load`` checks it);
         nothing is written.
       RuntimeError: on the other ranks, when one rank fails preparing its part.
 
@@ -165,6 +166,9 @@ def save(
     def prepare() -> tuple[dict[str, Any], int]:
         leaves, spec = flatten(params)
         paths = spec_paths(spec)
+        # the state is checked as load checks it (a count tree over other paths, a
+        # tampered step): a rank that fails here makes every rank raise, nothing written
+        check_opt_state(state, params, who)
         m = curriculum.masks if masks is None and curriculum is not None else masks
         flags = (
             [True] * len(paths)
