@@ -71,10 +71,10 @@ def main() -> None:
     def ours(masks, coeffs, donate=False, engine="auto"):
         # engines: "clone" = fused kernels on whole clones (no waves), "grouped" = torch's
         # fused kernels only (no Triton), "generic" = the rule's own math, no kernels
-        o = {
-            "clone": opt.with_engine(wave_elems=0),
-            "grouped": opt.with_engine("fused"),
-        }.get(engine, opt.with_engine(engine))
+        if engine == "clone":
+            o = opt.with_engine(wave_elems=0)
+        else:
+            o = opt.with_engine("fused" if engine == "grouped" else engine)
         params = {k: v.clone() for k, v in base.items()}
         holder = [params, o.init(params, masks)]
 

@@ -1,4 +1,4 @@
-"""shard_optimizer on chains and multi_optimizers (2 gloo ranks), and coefficient agreement.
+"""shard_optimizer on a custom rule, a catalogue optimizer, chains and multi_optimizers (2 gloo ranks).
 
 The ranks run this file as ``python tests/test_distributed_compose.py SCENARIO RANK WORLD
 PORT OUT`` with the helpers of ``tests/test_distributed.py`` (same tiny model, curriculum
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -25,8 +26,25 @@ def labels(params):
     return {k: "matrices" if v.ndim == 2 else "rest" for k, v in params.items()}
 
 
+@dataclass(frozen=True)
+class SignMomentum:
+    """A rule with only fields / init / step (no kernels): the generic engine under ZeRO."""
+
+    beta: float = 0.9
+    fields = ("m",)
+
+    def init(self, p):
+        return (torch.zeros_like(p),)
+
+    def step(self, p, g, bufs, count, lr):
+        m = self.beta * bufs[0] + (1 - self.beta) * g
+        return p - lr * torch.sign(m), (m,)
+
+
 def optimizers():
     return {
+        "custom_rule": lambda: fc.Optimizer(SignMomentum(), 0.01, name="sign_momentum"),
+        "catalogue": lambda: fc.nadam(0.05, weight_decay=0.01),
         "chain": lambda: fc.skip_nonfinite(fc.with_clipping(fc.adam(0.05, weight_decay=0.01), 0.5)),
         "multi": lambda: fc.multi_optimizer(
             {"matrices": fc.sgd(0.1, momentum=0.9), "rest": fc.adam(0.05)}, labels
@@ -109,7 +127,7 @@ def ranks(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sharded_chains_and_multi_optimizers_equal_unsharded(ranks):
+def test_sharded_custom_rules_chains_and_multi_optimizers_equal_unsharded(ranks):
     for r in ranks:
         for name in optimizers():
             res = r[name]
