@@ -7,6 +7,7 @@ dynamic masks; the other engines fall back to it for leaves they cannot take.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -30,6 +31,10 @@ def leaf_step(rule: Any, p: Tensor, g: Tensor, bufs: tuple, count: Any, lr: Any,
     new_p, new_bufs = rule.step(p.float(), g.float(), up, count, lr)
     back = tuple(nb.to(b.dtype) if nb.dtype != b.dtype else nb for nb, b in zip(new_bufs, bufs))
     return new_p.to(dt), back
+
+
+def _same(x: Any) -> Any:
+    return x
 
 
 def _over(x: Any, p: Tensor) -> Any:
@@ -64,7 +69,7 @@ def run(
         p, g = job.leaves[i], job.grads[i]
         bufs = tuple(b[i] for b in job.cols)
         count, lr = job.counts[i], job.lr_of[i]
-        at = (lambda x: _over(x, p)) if members else (lambda x: x)
+        at = functools.partial(_over, p=p) if members else _same
         m = dyn.get(i)
         if m is None:
             new_count = count if incremented else count + 1
