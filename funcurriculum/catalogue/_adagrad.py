@@ -27,9 +27,10 @@ class AdagradRule:
     fields = ("sum",)
 
     def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        return (
-            torch.full_like(p, self.initial_accumulator_value, memory_format=torch.preserve_format),
-        )
+        v = self.initial_accumulator_value
+        # a complex leaf is a real pair: both parts start at v (torch: complex(v, v))
+        fill = complex(v, v) if p.is_complex() else v
+        return (torch.full_like(p, fill, memory_format=torch.preserve_format),)
 
     def step(self, p, g, bufs, count, lr):
         (s,) = bufs
