@@ -136,6 +136,16 @@ def test_checkpoint_resume_is_bit_identical(name, tmp_path):
     fc.save(tmp_path / "ckpt.pt", {"params": params, "state": state})
     loaded = fc.load(tmp_path / "ckpt.pt")
     lp, ls = loaded["params"], loaded["state"]
+    assert sorted(ls) == sorted(state)
+    for key, sub in state.items():
+        for k, v in sub.items() if isinstance(sub, dict) else [(None, sub)]:
+            got = ls[key][k] if k is not None else ls[key]
+            assert got.dtype == v.dtype and got.shape == v.shape and torch.equal(got, v), (key, k)
+    # a phase change after the resume: the frozen leaf joins with fresh state
+    all_on = {k: True for k in params}
+    state = opt.transition(state, params, masks, all_on)
+    ls = opt.transition(ls, lp, masks, all_on)
+    masks = all_on
     for g in grads[3:]:
         params, state = opt.update(params, g, state, masks, coeffs)
         lp, ls = opt.update(lp, g, ls, masks, coeffs)

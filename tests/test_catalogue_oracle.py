@@ -143,8 +143,9 @@ def torch_kwargs(name, kw, maximize=False):
 class Oracle:
     """torch.optim over leaf copies; one group per leaf, lr = sched(t) * coefficient."""
 
-    def __init__(self, name, kw, params, coeffs, active, sched, maximize=False):
+    def __init__(self, name, kw, params, coeffs, active, sched, maximize=False, no_decay=()):
         self.name, self.kw, self.coeffs, self.sched = name, kw, coeffs, sched
+        self.no_decay = set(no_decay)
         self.maximize = maximize and name != "muon"  # torch's Muon: negate the grads
         self.negate = maximize and name == "muon"
         self.p = {k: v.detach().clone() for k, v in params.items()}
@@ -157,6 +158,8 @@ class Oracle:
 
     def unfreeze(self, k):
         group = {"params": [self.p[k]], "lr": 0.0, "coeff": self.coeffs[k]}
+        if k in self.no_decay:
+            group["weight_decay"] = 0.0  # torch: a no-decay param group
         if self.opt is None:
             cls = TORCH[self.name]
             self.opt = cls([group], **torch_kwargs(self.name, self.kw, self.maximize))
@@ -202,6 +205,7 @@ def run(
     tol=(RTOL, ATOL),
     engine=None,
     donate=False,
+    no_decay=(),
 ):
     """``phases``: list of (masks, number of updates); every update is checked."""
     params = make_params(name, dtype=dtype)
@@ -209,11 +213,14 @@ def run(
     lr = LR[name] if lr is None else lr
     sched = lr if callable(lr) else (lambda t: lr)
     extra = {"maximize": True} if maximize else {}
+    if no_decay:
+        extra["weight_decay_mask"] = {k: k not in no_decay for k in params}
     opt = getattr(fc, name)(lr, **kw, **extra)
     if engine is not None:
         opt = opt.with_engine(engine)
     first = phases[0][0]
-    oracle = Oracle(name, kw, params, coeffs, [k for k in params if first[k]], sched, maximize)
+    active = [k for k in params if first[k]]
+    oracle = Oracle(name, kw, params, coeffs, active, sched, maximize, no_decay)
     grads = make_grads(name, sum(n for _, n in phases), dtype=dtype)
     state = opt.init(params, first)
     prev, t = None, 0
@@ -318,6 +325,28 @@ def test_late_unfreeze_would_differ_at_the_global_count():
 def test_scheduled_lr_matches_torch(name):
     base = LR[name]
     run(name, {}, [(all_on(name), 12)], lr=fc.cosine(base, 10))
+
+
+WD = {
+    "rmsprop": {"weight_decay": 0.1},
+    "adagrad": {"weight_decay": 0.1},
+    "adamax": {"weight_decay": 0.1},
+    "nadam": {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    "radam": {"weight_decay": 0.1},
+    "adadelta": {"weight_decay": 0.1},
+    "adafactor": {"weight_decay": 0.1},
+    "muon": {"weight_decay": 0.1},
+    "lion": {"weight_decay": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weight_decay_mask_matches_a_no_decay_group(name):
+    """``weight_decay_mask`` False on a leaf = torch with ``weight_decay=0`` in its group."""
+    keys = list(shapes_for(name))
+    no_decay = [k for k in keys if not k.endswith("weight")] or [keys[-1]]
+    first = {k: k != keys[0] for k in keys}
+    run(name, WD[name], [(first, 5), (all_on(name), 6)], no_decay=no_decay)
 
 
 @pytest.mark.parametrize("name", NAMES)
