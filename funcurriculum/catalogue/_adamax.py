@@ -13,8 +13,6 @@ from ..optimizer import Optimizer
 from ._common import LeafShaped, cast, decay, step64
 from ._factory import Catalogued, torch_foreach
 
-Tensor = torch.Tensor
-
 
 @dataclass(frozen=True)
 class AdamaxRule(LeafShaped):
