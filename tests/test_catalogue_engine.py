@@ -136,6 +136,16 @@ def test_checkpoint_resume_is_bit_identical(name, tmp_path):
     fc.save(tmp_path / "ckpt.pt", {"params": params, "state": state})
     loaded = fc.load(tmp_path / "ckpt.pt")
     lp, ls = loaded["params"], loaded["state"]
+    assert sorted(ls) == sorted(state)
+    for key, sub in state.items():
+        for k, v in sub.items() if isinstance(sub, dict) else [(None, sub)]:
+            got = ls[key][k] if k is not None else ls[key]
+            assert got.dtype == v.dtype and got.shape == v.shape and torch.equal(got, v), (key, k)
+    # a phase change after the resume: the frozen leaf joins with fresh state
+    all_on = {k: True for k in params}
+    state = opt.transition(state, params, masks, all_on)
+    ls = opt.transition(ls, lp, masks, all_on)
+    masks = all_on
     for g in grads[3:]:
         params, state = opt.update(params, g, state, masks, coeffs)
         lp, ls = opt.update(lp, g, ls, masks, coeffs)
@@ -166,3 +176,39 @@ def test_rules_are_frozen_dataclasses_with_weight_decay():
         }
         with pytest.raises(dataclasses.FrozenInstanceError):
             rule.weight_decay = 1.0
+
+
+@names
+def test_swept_members_with_their_own_masks_equal_runs_alone(name):
+    """Dynamic masks: a vmapped ensemble where each member freezes, scales and unfreezes
+    its own leaves (batched bool masks, batched ``transition``) equals each member alone."""
+    members = 3
+    params = make(name, lead=(members,))
+    keys = list(params)
+    opt = FACTORIES[name](weight_decay=0.01)
+    first = [{k: (i + m) % 3 != 0 for i, k in enumerate(keys)} for m in range(members)]
+    second = [{k: True for k in keys} for _ in range(members)]
+    coeffs = [{k: [1.0, 0.5, 2.0][(i + m) % 3] for i, k in enumerate(keys)} for m in range(members)]
+
+    def stack(trees, dtype):
+        return {k: torch.tensor([t[k] for t in trees], dtype=dtype) for k in keys}
+
+    m1, m2, cs = stack(first, torch.bool), stack(second, torch.bool), stack(coeffs, torch.float32)
+    grads = [make(name, seed=60 + t, lead=(members,)) for t in range(6)]
+    bp, bs = params, torch.func.vmap(opt.init)(params)
+    for t, g in enumerate(grads):
+        if t == 3:
+            bs = torch.func.vmap(opt.transition)(bs, bp, m1, m2)
+        masks = m1 if t < 3 else m2
+        bp, bs = torch.func.vmap(opt.update)(bp, g, bs, masks, cs)
+    for m in range(members):
+        p = {k: v[m] for k, v in params.items()}
+        s = opt.init(p)
+        for t, g in enumerate(grads):
+            if t == 3:
+                s = opt.transition(s, p, first[m], second[m])
+            masks = first[m] if t < 3 else second[m]
+            p, s = opt.update(p, {k: v[m] for k, v in g.items()}, s, masks, coeffs[m])
+        for k in keys:
+            torch.testing.assert_close(bp[k][m], p[k], **tol(name), msg=f"member {m} {k}")
+            assert float(bs["count"][k][m]) == float(s["count"][k]), (m, k)

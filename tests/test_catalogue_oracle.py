@@ -143,8 +143,9 @@ def torch_kwargs(name, kw, maximize=False):
 class Oracle:
     """torch.optim over leaf copies; one group per leaf, lr = sched(t) * coefficient."""
 
-    def __init__(self, name, kw, params, coeffs, active, sched, maximize=False):
+    def __init__(self, name, kw, params, coeffs, active, sched, maximize=False, no_decay=()):
         self.name, self.kw, self.coeffs, self.sched = name, kw, coeffs, sched
+        self.no_decay = set(no_decay)
         self.maximize = maximize and name != "muon"  # torch's Muon: negate the grads
         self.negate = maximize and name == "muon"
         self.p = {k: v.detach().clone() for k, v in params.items()}
@@ -157,6 +158,8 @@ class Oracle:
 
     def unfreeze(self, k):
         group = {"params": [self.p[k]], "lr": 0.0, "coeff": self.coeffs[k]}
+        if k in self.no_decay:
+            group["weight_decay"] = 0.0  # torch: a no-decay param group
         if self.opt is None:
             cls = TORCH[self.name]
             self.opt = cls([group], **torch_kwargs(self.name, self.kw, self.maximize))
@@ -200,6 +203,9 @@ def run(
     maximize=False,
     dtype=torch.float64,
     tol=(RTOL, ATOL),
+    engine=None,
+    donate=False,
+    no_decay=(),
 ):
     """``phases``: list of (masks, number of updates); every update is checked."""
     params = make_params(name, dtype=dtype)
@@ -207,9 +213,14 @@ def run(
     lr = LR[name] if lr is None else lr
     sched = lr if callable(lr) else (lambda t: lr)
     extra = {"maximize": True} if maximize else {}
+    if no_decay:
+        extra["weight_decay_mask"] = {k: k not in no_decay for k in params}
     opt = getattr(fc, name)(lr, **kw, **extra)
+    if engine is not None:
+        opt = opt.with_engine(engine)
     first = phases[0][0]
-    oracle = Oracle(name, kw, params, coeffs, [k for k in params if first[k]], sched, maximize)
+    active = [k for k in params if first[k]]
+    oracle = Oracle(name, kw, params, coeffs, active, sched, maximize, no_decay)
     grads = make_grads(name, sum(n for _, n in phases), dtype=dtype)
     state = opt.init(params, first)
     prev, t = None, 0
@@ -222,7 +233,9 @@ def run(
         for _ in range(n):
             before = {k: v.clone() for k, v in params.items()}
             grad = {k: v for k, v in grads[t].items() if masks[k]}
-            params, state = opt.update(params, grad, state, masks, coeffs)
+            if donate:
+                params = {k: v.clone() for k, v in params.items()}
+            params, state = opt.update(params, grad, state, masks, coeffs, donate=donate)
             oracle.step(grads[t])
             t += 1
             for k in params:
@@ -256,10 +269,84 @@ def test_coefficients_frozen_leaf_and_unfreeze_match_add_param_group(case):
     run(name, kw, [(first, 8), (all_on(name), 12)], coeffs=coeffs)
 
 
+@pytest.mark.parametrize("engine", ["reference", "generic"])
+@pytest.mark.parametrize("case", CASES[::2], ids=IDS[::2])
+def test_engines_match_torch(case, engine):
+    """The rule's own math (reference and generic engines; auto takes the kernels)."""
+    name, kw = case
+    keys = list(shapes_for(name))
+    first = {k: k != keys[0] for k in keys}
+    run(name, kw, [(first, 5), (all_on(name), 6)], engine=engine)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_donated_updates_match_torch(name):
+    keys = list(shapes_for(name))
+    first = {k: k != keys[-1] for k in keys}
+    coeffs = {k: [0.5, 1.0, 2.0][i % 3] for i, k in enumerate(keys)}
+    run(name, {}, [(first, 6), (all_on(name), 6)], coeffs=coeffs, donate=True)
+
+
+# the optimizers with step-dependent terms: a leaf unfrozen late must start as in a fresh
+# torch optimizer (its own count), not at the global step
+LATE = [
+    ("radam", {}),
+    ("radam", {"betas": (0.7, 0.9), "decoupled_weight_decay": True, "weight_decay": 0.1}),
+    ("nadam", {}),
+    ("nadam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "momentum_decay": 0.01}),
+    ("adafactor", {}),
+    ("adagrad", {"lr_decay": 0.1}),
+    ("adamax", {}),
+]
+
+
+@pytest.mark.parametrize("case", LATE, ids=[f"{n}-{kw}" for n, kw in LATE])
+def test_leaf_unfrozen_late_gets_fresh_torch_behaviour(case):
+    name, kw = case
+    keys = list(shapes_for(name))
+    late = "mid.weight"
+    first = {k: k != late for k in keys}
+    _, state = run(name, kw, [(first, 60), (all_on(name), 8)])
+    assert float(state["count"][late]) == 8.0
+    assert float(state["count"][keys[0]]) == 68.0
+
+
+def test_late_unfreeze_would_differ_at_the_global_count():
+    """The late-unfreeze oracle is sensitive: RAdam's first update of a leaf at count 61
+    (rectified) differs from a fresh leaf's (count 1, plain momentum SGD)."""
+    rule = fc.radam(0.01).rule
+    p, g = torch.ones(3, dtype=torch.float64), torch.full((3,), 0.5, dtype=torch.float64)
+    fresh, _ = rule.step(p, g, rule.init(p), torch.tensor(1.0), 0.01)
+    stale, _ = rule.step(p, g, rule.init(p), torch.tensor(61.0), 0.01)
+    assert not torch.allclose(fresh, stale)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_scheduled_lr_matches_torch(name):
     base = LR[name]
     run(name, {}, [(all_on(name), 12)], lr=fc.cosine(base, 10))
+
+
+WD = {
+    "rmsprop": {"weight_decay": 0.1},
+    "adagrad": {"weight_decay": 0.1},
+    "adamax": {"weight_decay": 0.1},
+    "nadam": {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    "radam": {"weight_decay": 0.1},
+    "adadelta": {"weight_decay": 0.1},
+    "adafactor": {"weight_decay": 0.1},
+    "muon": {"weight_decay": 0.1},
+    "lion": {"weight_decay": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weight_decay_mask_matches_a_no_decay_group(name):
+    """``weight_decay_mask`` False on a leaf = torch with ``weight_decay=0`` in its group."""
+    keys = list(shapes_for(name))
+    no_decay = [k for k in keys if not k.endswith("weight")] or [keys[-1]]
+    first = {k: k != keys[0] for k in keys}
+    run(name, WD[name], [(first, 5), (all_on(name), 6)], no_decay=no_decay)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -275,6 +362,20 @@ def test_float32_matches_torch(name):
 # -- complex ------------------------------------------------------------------------------
 
 COMPLEX = ["rmsprop", "adagrad", "adamax", "nadam", "radam", "adadelta"]
+COMPLEX_CASES = [(n, kw) for n, kw in CASES if n in COMPLEX]
+
+
+@pytest.mark.parametrize(
+    "case", COMPLEX_CASES, ids=[i for i, (n, _) in zip(IDS, CASES) if n in COMPLEX]
+)
+def test_complex_leaves_with_phases_match_torch(case):
+    """Every hyperparameter setting on complex leaves, with coefficients, a frozen leaf and
+    its unfreeze (torch: ``add_param_group``), moments compared too."""
+    name, kw = case
+    keys = list(shapes_for(name))
+    first = {k: k != "head.weight" for k in keys}
+    coeffs = {k: [1.0, 0.5, 2.0, 0.25][i % 4] for i, k in enumerate(keys)}
+    run(name, kw, [(first, 5), (all_on(name), 7)], coeffs=coeffs, dtype=torch.complex128)
 
 
 @pytest.mark.parametrize("kw", [{}, {"weight_decay": 0.1}], ids=["default", "wd"])
@@ -324,8 +425,14 @@ def test_lion_complex_is_the_real_pair_update():
 @pytest.mark.parametrize("name", ["adafactor", "muon"])
 def test_complex_refused_where_torch_refuses(name):
     opt = getattr(fc, name)(0.01)
-    with pytest.raises(TypeError, match="complex"):
-        opt.init({"z": torch.zeros(3, 3, dtype=torch.complex64)})
+    with pytest.raises(TypeError, match="complex") as info:
+        opt.init({"w": torch.zeros(3, 3), "enc.z": torch.zeros(3, 3, dtype=torch.complex64)})
+    assert "'enc.z'" in str(info.value)
+    theirs = TORCH[name]([torch.zeros(3, 3, dtype=torch.complex64, requires_grad=True)], lr=0.01)
+    with pytest.raises(Exception, match="(?i)complex"):  # torch refuses it too
+        for p in theirs.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        theirs.step()
 
 
 # -- Muon's shape contract -----------------------------------------------------------------
@@ -336,7 +443,16 @@ def test_muon_refuses_leaves_that_are_not_2d(shape):
     opt = fc.muon(0.02)
     with pytest.raises(ValueError, match="multi_optimizer") as info:
         opt.init({"w": torch.zeros(2, 2), "bad.leaf": torch.zeros(shape)})
-    assert "2-D" in str(info.value)
+    assert "2-D" in str(info.value) and "'bad.leaf'" in str(info.value)
+
+
+def test_muon_refuses_a_vector_unfrozen_by_a_transition():
+    opt = fc.muon(0.02)
+    p = {"w": torch.zeros(2, 2), "b": torch.zeros(3)}
+    state = opt.init(p, {"w": True, "b": False})
+    with pytest.raises(ValueError, match="multi_optimizer") as info:
+        opt.transition(state, p, {"w": True, "b": False}, {"w": True, "b": True})
+    assert "'b'" in str(info.value)
 
 
 def test_muon_frozen_non_matrix_is_accepted_while_frozen():
@@ -369,6 +485,30 @@ BAD = [
 def test_bad_hyperparameters_name_the_keyword(name, kw, exc):
     with pytest.raises(exc, match=f"fc.{name}: {list(kw)[0]}"):
         getattr(fc, name)(0.1, **kw)
+
+
+def test_every_factory_keyword_has_a_checker():
+    """The catalogue's one validator (``_factory.check_keywords``) knows every
+    hyperparameter of every factory: a new keyword cannot skip validation."""
+    import inspect
+
+    from funcurriculum.catalogue import _factory
+
+    for name in NAMES:
+        module = __import__(f"funcurriculum.catalogue._{name}", fromlist=["_SPEC"])
+        spec = module._SPEC
+        assert spec.name == name
+        for key in inspect.signature(getattr(fc, name)).parameters:
+            if key == "lr" or key in _factory.OPTIONS:
+                continue
+            assert key in spec.checks or key in _factory.CHECKS, (name, key)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("option", ["maximize", "differentiable"])
+def test_bad_option_refused(name, option):
+    with pytest.raises(TypeError, match=f"fc.{name}: {option}"):
+        getattr(fc, name)(0.1, **{option: 1})
 
 
 @pytest.mark.parametrize("name", NAMES)

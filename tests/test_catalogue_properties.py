@@ -54,7 +54,8 @@ def same(a, b):
 @given(params=params_st, data=st.data())
 def test_phase_sequences_keep_invariants(name, params, data):
     """Frozen leaves bit-identical (params and state), inputs never modified, fresh state
-    (the rule's own init, count 0) exactly for the leaves a transition activates."""
+    (the rule's own init, count 0) exactly for the leaves a transition activates, and a
+    donated update bit-identical to the pure one."""
     opt = FACTORIES[name]()
     if name == "muon":
         params = matrices(params)
@@ -85,6 +86,11 @@ def test_phase_sequences_keep_invariants(name, params, data):
             assert_untouched(params, snaps[0], "update: params")
             assert_untouched(grads, snaps[1], "update: grads")
             assert_untouched(state, snaps[2], "update: state")
+            don_params, don_state = opt.update(
+                clone(params), grads, clone(state), masks, coeffs, donate=True
+            )
+            assert trees_bit_equal(don_params, new_params), "donate != pure: params"
+            assert trees_bit_equal(don_state, new_state), "donate != pure: state"
             for i, (p, q, m, c) in enumerate(
                 zip(leaves(params), leaves(new_params), mask_list, coeff_list)
             ):
@@ -99,6 +105,20 @@ def test_phase_sequences_keep_invariants(name, params, data):
                     assert torch.equal(q, p), f"leaf {i} with coefficient 0 moved"
             params, state = new_params, new_state
         prev = masks
+
+
+def clone(tree):
+    return like(tree, [x.clone() if torch.is_tensor(x) else x for x in leaves(tree)])
+
+
+def trees_bit_equal(a, b):
+    la, lb = leaves(a), leaves(b)
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+        if torch.is_tensor(x)
+        else x == y
+        for x, y in zip(la, lb)
+    )
 
 
 def assert_untouched_state(snap, before, opt, n):
@@ -154,3 +174,50 @@ def test_half_precision_eager_equals_vmap(name, dtype):
             assert torch.isfinite(params[k]).all(), (name, k, t)
             for m in range(members):
                 torch.testing.assert_close(bp[k][m], params[k], **tol)
+
+
+def _upcast(tree, dtype):
+    return {
+        k: _upcast(v, dtype) if isinstance(v, dict) else (v.float() if v.dtype == dtype else v)
+        for k, v in tree.items()
+    }
+
+
+def _half_grads(params, t, dtype):
+    scale = 1e-4 if t % 2 else 1.0  # small grads: the issue's float16 underflow case
+    gen = torch.Generator().manual_seed(t)
+    return {k: (torch.randn(v.shape, generator=gen) * scale).to(dtype) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_half_precision_computes_in_float32(name, dtype):
+    """Each half-precision update is the float32 update of the upcast params, grads and
+    state, rounded back to the half dtype (bit for bit), with frozen leaves and
+    coefficients; the compiled update (aot_eager) equals the eager one."""
+    opt = FACTORIES[name]()
+    params = half_tree(name, dtype)
+    keys = list(params)
+    masks = {k: True for k in keys}
+    coeffs = {k: [1.0, 0.5][i % 2] for i, k in enumerate(keys)}
+    state = opt.init(params, masks)
+    compiled = torch.compile(
+        lambda p, g, s: opt.update(p, g, s, masks, coeffs), backend="aot_eager", fullgraph=False
+    )
+    tol = dict(rtol=2e-2, atol=1e-2) if name == "muon" else dict(rtol=0, atol=0)
+    for t in range(4):
+        g = _half_grads(params, t, dtype)
+        new, new_state = opt.update(params, g, state, masks, coeffs)
+        ref, ref_state = opt.update(
+            _upcast(params, dtype), _upcast(g, dtype), _upcast(state, dtype), masks, coeffs
+        )
+        comp, _ = compiled(params, g, state)
+        for k in keys:
+            assert new[k].dtype == dtype and torch.isfinite(new[k]).all(), (k, t)
+            assert torch.equal(new[k], ref[k].to(dtype)), (k, t)
+            torch.testing.assert_close(comp[k], new[k], **tol, msg=f"compiled {k} at {t}")
+        for f in opt.rule.fields:
+            for k in keys:
+                ours, theirs = new_state[f][k], ref_state[f][k]
+                assert torch.equal(ours, theirs.to(ours.dtype)), (f, k, t)
+        params, state = new, new_state

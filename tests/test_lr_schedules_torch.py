@@ -239,3 +239,42 @@ def test_schedule_drives_an_optimizer_like_torch():
         topt.step()
         tsched.step()
         torch.testing.assert_close(p["w"], ref.detach(), rtol=1e-14, atol=0)
+
+
+@cases
+def test_compiled_schedules_match_eager(case):
+    """Every schedule compiles to one graph (tensor ops only) with the eager values."""
+    s = case[1]()
+    steps = torch.arange(400)
+    compiled = torch.compile(s, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(steps), s(steps), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        compiled(torch.tensor(123)), s(torch.tensor(123)), rtol=1e-14, atol=0
+    )
+
+
+# the table's other rows: torch schedulers written with the existing schedules
+TABLE = [
+    ("StepLR", lambda: fc.step_lr(0.1, 30, gamma=0.5), lambda o: L.StepLR(o, 30, gamma=0.5)),
+    (
+        "ConstantLR",
+        lambda: fc.join([fc.constant(0.1 * 0.25), fc.constant(0.1)], [7]),
+        lambda o: L.ConstantLR(o, factor=0.25, total_iters=7),
+    ),
+    (
+        "SequentialLR",
+        lambda: fc.join([fc.linear_lr(0.1, 0.1, 1.0, 10), fc.exponential_lr(0.1, 0.99)], [10]),
+        lambda o: L.SequentialLR(
+            o, [L.LinearLR(o, 0.1, 1.0, 10), L.ExponentialLR(o, 0.99)], milestones=[10]
+        ),
+    ),
+    ("LambdaLR", lambda: lambda t: 0.1 / (1 + t), lambda o: L.LambdaLR(o, lambda t: 1 / (1 + t))),
+]
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[r[0] for r in TABLE])
+def test_table_rows_built_from_existing_schedules_match_torch(row):
+    _, ours, theirs = row
+    s = ours()
+    got = torch.tensor([float(s(t)) for t in range(300)], dtype=torch.float64)
+    torch.testing.assert_close(got, torch_lrs(theirs, 0.1, n=300), rtol=1e-11, atol=1e-15)

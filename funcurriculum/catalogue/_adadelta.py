@@ -8,16 +8,14 @@ from typing import Any
 import torch
 from torch.optim.adadelta import adadelta as _torch_adadelta
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, kernels, torch_steps, zeros
-
-Tensor = torch.Tensor
+from ._common import LeafShaped, cast, decay
+from ._factory import Catalogued, torch_foreach
 
 
 @dataclass(frozen=True)
-class AdadeltaRule:
+class AdadeltaRule(LeafShaped):
     """torch.optim.Adadelta's update for one leaf (state: ``square_avg``, ``acc_delta``)."""
 
     rho: float = 0.9
@@ -26,13 +24,9 @@ class AdadeltaRule:
 
     fields = ("square_avg", "acc_delta")
 
-    def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        return zeros(p), zeros(p)
-
     def step(self, p, g, bufs, count, lr):
         sq, acc = bufs
-        if self.weight_decay != 0:
-            g = g + self.weight_decay * p
+        p, g = decay(self, p, g, lr)
         sq = torch.addcmul(sq * self.rho, g, g, value=1 - self.rho)
         std = (sq + self.eps).sqrt()
         delta = (acc + self.eps).sqrt() / std * g
@@ -40,21 +34,8 @@ class AdadeltaRule:
         return p - cast(lr, p) * delta, (sq, acc)
 
 
-def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
-    """torch.optim.Adadelta's multi-tensor (foreach) update, in place on one group."""
-    _torch_adadelta(
-        ps,
-        gs,
-        bufs[0],
-        bufs[1],
-        torch_steps(counts),
-        foreach=True,
-        lr=lr,
-        rho=rule.rho,
-        eps=rule.eps,
-        weight_decay=rule.weight_decay,
-        maximize=maximize,
-    )
+_foreach_inplace = torch_foreach(_torch_adadelta)
+_SPEC = Catalogued("adadelta", AdadeltaRule, inplace=_foreach_inplace)
 
 
 def adadelta(
@@ -79,7 +60,7 @@ def adadelta(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``square_avg`` and ``acc_delta`` per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -89,19 +70,4 @@ def adadelta(
       >>> p["w"]
       tensor([0.6985, 0.6985])
     """
-    w = "fc.adadelta"
-    rule = AdadeltaRule(
-        rho=V.number(w, "rho", rho, high=1.0),
-        eps=V.number(w, "eps", eps),
-        weight_decay=V.number(w, "weight_decay", weight_decay),
-    )
-    return build(
-        rule,
-        lr,
-        "adadelta",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-        elementwise=True,
-        kernels=kernels(_foreach_inplace),
-    )
+    return _SPEC.build(locals())

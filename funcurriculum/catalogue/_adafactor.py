@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch.optim._adafactor import adafactor as _torch_adafactor
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, kernels, lr64, refuse_complex, step64, torch_steps, zeros
+from ._common import cast, lr64, refuse_complex, step64, zeros
+from ._factory import Catalogued, eps_pair, torch_foreach
 
 Tensor = torch.Tensor
 
@@ -70,27 +70,26 @@ class AdafactorRule:
         return p - cast(alpha / denom, p) * update, (row, col, var)
 
 
-def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
-    """torch.optim.Adafactor's multi-tensor (foreach) update, in place on one group
-    (the placeholders of the buffers a leaf does not use go over as ``None``)."""
+def _torch_buffers(rule, ps, bufs):
+    """The buffers as torch keeps them: the placeholders of the ones a leaf does not use
+    (a matrix's ``variance``, a vector's ``row_var`` / ``col_var``) go over as ``None``."""
     rows, cols, variances = bufs
     matrix = [p.dim() > 1 for p in ps]
-    _torch_adafactor(
-        ps,
-        gs,
+    return (
         [r if m else None for r, m in zip(rows, matrix)],
         [c if m else None for c, m in zip(cols, matrix)],
         [None if m else v for v, m in zip(variances, matrix)],
-        torch_steps(counts),
-        foreach=True,
-        d=rule.d,
-        lr=lr,
-        beta2_decay=rule.beta2_decay,
-        weight_decay=rule.weight_decay,
-        eps1=rule.eps1,
-        eps2=rule.eps2,
-        maximize=maximize,
     )
+
+
+_foreach_inplace = torch_foreach(_torch_adafactor, _torch_buffers)
+_SPEC = Catalogued(
+    "adafactor",
+    AdafactorRule,
+    elementwise=False,
+    inplace=_foreach_inplace,
+    checks={"eps": eps_pair},
+)
 
 
 def adafactor(
@@ -126,7 +125,7 @@ def adafactor(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``row_var``, ``col_var`` and ``variance`` per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -139,23 +138,4 @@ def adafactor(
       >>> p["w"][0]
       tensor([0.9900, 0.9900, 0.9900])
     """
-    w = "fc.adafactor"
-    if isinstance(eps, (str, bytes)) or not hasattr(eps, "__len__") or len(eps) != 2:
-        raise ValueError(f"{w}: eps must be a pair (eps1 or None, eps2), got {eps!r}")
-    eps1 = None if eps[0] is None else V.number(w, "eps[0]", eps[0])
-    rule = AdafactorRule(
-        beta2_decay=V.number(w, "beta2_decay", beta2_decay, low=None, high=0.0),
-        eps1=eps1,
-        eps2=V.number(w, "eps[1]", eps[1]),
-        d=V.number(w, "d", d, low=1.0),
-        weight_decay=V.number(w, "weight_decay", weight_decay),
-    )
-    return build(
-        rule,
-        lr,
-        "adafactor",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-        kernels=kernels(_foreach_inplace),
-    )
+    return _SPEC.build(locals())

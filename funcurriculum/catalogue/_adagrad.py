@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, kernels, step64
+from ._common import cast, decay, step64
+from ._factory import Catalogued
 
 Tensor = torch.Tensor
 
@@ -27,14 +27,14 @@ class AdagradRule:
     fields = ("sum",)
 
     def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        return (
-            torch.full_like(p, self.initial_accumulator_value, memory_format=torch.preserve_format),
-        )
+        v = self.initial_accumulator_value
+        # a complex leaf is a real pair: both parts start at v (torch: complex(v, v))
+        fill = complex(v, v) if p.is_complex() else v
+        return (torch.full_like(p, fill, memory_format=torch.preserve_format),)
 
     def step(self, p, g, bufs, count, lr):
         (s,) = bufs
-        if self.weight_decay != 0:
-            g = g + self.weight_decay * p
+        p, g = decay(self, p, g, lr)
         if self.lr_decay != 0:
             clr = cast(lr / (1 + (step64(count) - 1) * self.lr_decay), p)
         else:
@@ -65,6 +65,9 @@ def _fused_accepts(p: Tensor) -> bool:
     return p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
 
 
+_SPEC = Catalogued("adagrad", AdagradRule, inplace=_fused_inplace, accepts=_fused_accepts)
+
+
 def adagrad(
     lr: float | Schedule = 1e-2,
     lr_decay: float = 0.0,
@@ -93,32 +96,16 @@ def adagrad(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``sum`` per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
-      >>> opt = fc.adagrad(0.5)
-      >>> p = {"w": torch.ones(2)}
-      >>> p, state = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
-      >>> p["w"]
-      tensor([0.5000, 0.5000])
+      >>> opt = fc.adagrad(0.5, lr_decay=1.0)
+      >>> p = {"w": torch.ones(1)}
+      >>> state = opt.init(p)
+      >>> for _ in range(2):  # lr 0.5, then 0.5 / 2 over sqrt(sum) = sqrt(2)
+      ...     p, state = opt.update(p, {"w": torch.ones(1)}, state)
+      >>> round(float(p["w"]), 4), float(state["sum"]["w"])
+      (0.3232, 2.0)
     """
-    w = "fc.adagrad"
-    rule = AdagradRule(
-        lr_decay=V.number(w, "lr_decay", lr_decay),
-        weight_decay=V.number(w, "weight_decay", weight_decay),
-        initial_accumulator_value=V.number(
-            w, "initial_accumulator_value", initial_accumulator_value
-        ),
-        eps=V.number(w, "eps", eps),
-    )
-    return build(
-        rule,
-        lr,
-        "adagrad",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-        elementwise=True,
-        kernels=kernels(_fused_inplace, _fused_accepts),
-    )
+    return _SPEC.build(locals())

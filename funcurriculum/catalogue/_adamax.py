@@ -8,16 +8,14 @@ from typing import Any
 import torch
 from torch.optim.adamax import adamax as _torch_adamax
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, kernels, step64, torch_steps, zeros
-
-Tensor = torch.Tensor
+from ._common import LeafShaped, cast, decay, step64
+from ._factory import Catalogued, torch_foreach
 
 
 @dataclass(frozen=True)
-class AdamaxRule:
+class AdamaxRule(LeafShaped):
     """torch.optim.Adamax's update for one leaf (state: ``exp_avg``, ``exp_inf``)."""
 
     beta1: float = 0.9
@@ -27,35 +25,17 @@ class AdamaxRule:
 
     fields = ("exp_avg", "exp_inf")
 
-    def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        return zeros(p), zeros(p)
-
     def step(self, p, g, bufs, count, lr):
         m, u = bufs
-        if self.weight_decay != 0:
-            g = g + self.weight_decay * p
+        p, g = decay(self, p, g, lr)
         m = torch.lerp(m, g, 1 - self.beta1)
         u = torch.maximum(u * self.beta2, g.abs() + self.eps)
         clr = cast(lr / (1 - self.beta1 ** step64(count)), p)
         return p - clr * (m / u), (m, u)
 
 
-def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
-    """torch.optim.Adamax's multi-tensor (foreach) update, in place on one group."""
-    _torch_adamax(
-        ps,
-        gs,
-        bufs[0],
-        bufs[1],
-        torch_steps(counts),
-        foreach=True,
-        maximize=maximize,
-        eps=rule.eps,
-        beta1=rule.beta1,
-        beta2=rule.beta2,
-        lr=lr,
-        weight_decay=rule.weight_decay,
-    )
+_foreach_inplace = torch_foreach(_torch_adamax)
+_SPEC = Catalogued("adamax", AdamaxRule, inplace=_foreach_inplace)
 
 
 def adamax(
@@ -81,26 +61,14 @@ def adamax(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``exp_avg`` and ``exp_inf`` per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
       >>> opt = fc.adamax(0.1)
       >>> p = {"w": torch.ones(2)}
-      >>> p, state = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
-      >>> p["w"]
+      >>> p, state = opt.update(p, {"w": torch.tensor([1e-3, 1e3])}, opt.init(p))
+      >>> p["w"]  # the first step is lr whatever the gradient's scale
       tensor([0.9000, 0.9000])
     """
-    w = "fc.adamax"
-    b1, b2 = V.betas(w, betas)
-    rule = AdamaxRule(b1, b2, V.number(w, "eps", eps), V.number(w, "weight_decay", weight_decay))
-    return build(
-        rule,
-        lr,
-        "adamax",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-        elementwise=True,
-        kernels=kernels(_foreach_inplace),
-    )
+    return _SPEC.build(locals())

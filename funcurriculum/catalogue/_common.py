@@ -1,16 +1,11 @@
-"""What the catalogue's rules share: scalar arithmetic in torch.optim's precision and the
-plumbing from a factory's keywords to `Optimizer`."""
+"""What the catalogue's rules share: scalar arithmetic in torch.optim's precision, fresh
+buffers and weight decay."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-
-from .. import _hparams as V
-from ..leaf_rule import Kernels
-from ..lr_schedules import Schedule
-from ..optimizer import Optimizer
 
 Tensor = torch.Tensor
 
@@ -43,6 +38,26 @@ def zeros(p: Tensor) -> Tensor:
     return torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+class LeafShaped:
+    """A rule mixin: ``init`` gives one zero buffer shaped like the leaf per field."""
+
+    fields: tuple[str, ...] = ()
+
+    def init(self, p: Tensor) -> tuple[Tensor, ...]:
+        return tuple(zeros(p) for _ in self.fields)
+
+
+def decay(rule: Any, p: Tensor, g: Tensor, lr: Any) -> tuple[Tensor, Tensor]:
+    """``rule.weight_decay`` as torch.optim applies it: added to the gradient (L2), or,
+    with ``rule.decoupled_weight_decay``, ``p *= 1 - lr * weight_decay`` (AdamW)."""
+    wd = rule.weight_decay
+    if wd == 0:
+        return p, g
+    if getattr(rule, "decoupled_weight_decay", False):
+        return p * cast(1 - lr * wd, p), g
+    return p, g + wd * p
+
+
 def refuse_complex(p: Tensor, where: str) -> None:
     """Raise a ``TypeError`` for a complex leaf (for the optimizers torch refuses them)."""
     if p.is_complex():
@@ -51,52 +66,3 @@ def refuse_complex(p: Tensor, where: str) -> None:
             f"got a {p.dtype} leaf of shape {tuple(p.shape)}: optimize its real and "
             "imaginary parts as a real tensor (torch.view_as_real) or use another optimizer"
         )
-
-
-def build(
-    rule: Any,
-    lr: float | Schedule,
-    name: str,
-    *,
-    maximize: bool,
-    differentiable: bool,
-    weight_decay_mask: Any = None,
-    elementwise: bool = False,
-    kernels: Any = None,
-) -> Optimizer:
-    """The `Optimizer` of a catalogue factory (keywords validated, passed to the engine)."""
-    where = f"fc.{name}"
-    if not callable(lr):
-        V.number(where, "lr", lr)
-    kw: dict[str, Any] = {
-        "name": name,
-        "elementwise": elementwise,
-        "maximize": V.flag(where, "maximize", maximize),
-        "differentiable": V.flag(where, "differentiable", differentiable),
-        "weight_decay_mask": weight_decay_mask,
-        "kernels": kernels,
-    }
-    return Optimizer(rule, lr, **kw)
-
-
-# -- torch.optim's multi-tensor implementations as the rules' in-place kernels -------------
-
-
-def torch_steps(counts: list[Tensor]) -> list[Tensor]:
-    """The engine's counts for torch.optim's functional API, which increments the step
-    tensors it is given: the engine passes counts that already include this update, so
-    they are stepped back here in place (exact: small integers in float32) and torch
-    brings them back."""
-    torch._foreach_sub_(counts, 1.0)
-    return counts
-
-
-def _plain_float(p: Tensor) -> bool:
-    # float16 / bfloat16 leaves take the engine's float32 path (torch's foreach kernels
-    # round every intermediate to the half dtype); complex leaves its real-pair views
-    return p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
-
-
-def kernels(inplace: Any, accepts: Any = _plain_float) -> Kernels:
-    """The `Kernels` a rule declares: an in-place multi-tensor update and its veto."""
-    return Kernels(inplace=inplace, accepts=accepts)

@@ -7,16 +7,16 @@ from typing import Any
 
 import torch
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, kernels, zeros
+from ._common import LeafShaped, cast
+from ._factory import Catalogued
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class LionRule:
+class LionRule(LeafShaped):
     """Lion's update for one leaf (state: ``exp_avg``, optax's ``mu``)."""
 
     beta1: float = 0.9
@@ -24,9 +24,6 @@ class LionRule:
     weight_decay: float = 0.0
 
     fields = ("exp_avg",)
-
-    def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        return (zeros(p),)
 
     def step(self, p, g, bufs, count, lr):
         (m,) = bufs
@@ -56,6 +53,9 @@ def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None
         torch._foreach_sub_(ps, torch._foreach_mul(u, lr))
 
 
+_SPEC = Catalogued("lion", LionRule, inplace=_foreach_inplace)
+
+
 def lion(
     lr: float | Schedule,
     betas: tuple[float, float] = (0.9, 0.99),
@@ -82,7 +82,7 @@ def lion(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``exp_avg`` per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -92,16 +92,4 @@ def lion(
       >>> p["w"]
       tensor([0.9000, 1.1000])
     """
-    w = "fc.lion"
-    b1, b2 = V.betas(w, betas)
-    rule = LionRule(b1, b2, V.number(w, "weight_decay", weight_decay))
-    return build(
-        rule,
-        lr,
-        "lion",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-        elementwise=True,
-        kernels=kernels(_foreach_inplace),
-    )
+    return _SPEC.build(locals())

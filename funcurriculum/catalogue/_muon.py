@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, refuse_complex, zeros
+from ._common import cast, refuse_complex, zeros
+from ._factory import Catalogued
 
 Tensor = torch.Tensor
 
@@ -93,6 +93,9 @@ class MuonRule:
         return p, (buf,)
 
 
+_SPEC = Catalogued("muon", MuonRule, elementwise=False)
+
+
 def muon(
     lr: float | Schedule = 1e-3,
     weight_decay: float = 0.1,
@@ -131,7 +134,7 @@ def muon(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``momentum_buffer`` per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -145,34 +148,4 @@ def muon(
       ...
       ValueError: ...2-D leaves...multi_optimizer...
     """
-    w = "fc.muon"
-    if (
-        isinstance(ns_coefficients, (str, bytes))
-        or not hasattr(ns_coefficients, "__len__")
-        or len(ns_coefficients) != 3
-    ):
-        raise ValueError(f"{w}: ns_coefficients must be (a, b, c), got {ns_coefficients!r}")
-    coeffs = tuple(
-        V.number(w, f"ns_coefficients[{i}]", c, low=None) for i, c in enumerate(ns_coefficients)
-    )
-    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 0 <= ns_steps < 100:
-        raise ValueError(f"{w}: ns_steps must be an int in [0, 100), got {ns_steps!r}")
-    rule = MuonRule(
-        weight_decay=V.number(w, "weight_decay", weight_decay),
-        momentum=V.number(w, "momentum", momentum),
-        nesterov=V.flag(w, "nesterov", nesterov),
-        ns_coefficients=coeffs,  # type: ignore[arg-type]
-        eps=V.number(w, "eps", eps),
-        ns_steps=ns_steps,
-        adjust_lr_fn=V.choice(
-            w, "adjust_lr_fn", adjust_lr_fn, (None, "original", "match_rms_adamw")
-        ),
-    )
-    return build(
-        rule,
-        lr,
-        "muon",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-    )
+    return _SPEC.build(locals())

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch.optim.nadam import nadam as _torch_nadam
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, kernels, step64, torch_steps, zeros
+from ._common import cast, decay, step64, zeros
+from ._factory import Catalogued, torch_foreach
 
 Tensor = torch.Tensor
 
@@ -39,11 +39,7 @@ class NAdamRule:
     def step(self, p, g, bufs, count, lr):
         m, v, mu_product = bufs
         t = step64(count)
-        if self.weight_decay != 0:
-            if self.decoupled_weight_decay:
-                p = p * cast(1 - lr * self.weight_decay, p)
-            else:
-                g = g + self.weight_decay * p
+        p, g = decay(self, p, g, lr)
         b1, md = self.beta1, self.momentum_decay
         mu = b1 * (1.0 - 0.5 * 0.96 ** (t * md))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * md))
@@ -59,25 +55,9 @@ class NAdamRule:
         return p, (m, v, mu_product)
 
 
-def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
-    """torch.optim.NAdam's multi-tensor (foreach) update, in place on one group."""
-    _torch_nadam(
-        ps,
-        gs,
-        bufs[0],
-        bufs[1],
-        bufs[2],
-        torch_steps(counts),
-        decoupled_weight_decay=rule.decoupled_weight_decay,
-        foreach=True,
-        maximize=maximize,
-        beta1=rule.beta1,
-        beta2=rule.beta2,
-        lr=lr,
-        weight_decay=rule.weight_decay,
-        momentum_decay=rule.momentum_decay,
-        eps=rule.eps,
-    )
+_foreach_inplace = torch_foreach(_torch_nadam)
+# not elementwise: mu_product is a 0-d buffer per leaf, not shaped like the leaf
+_SPEC = Catalogued("nadam", NAdamRule, elementwise=False, inplace=_foreach_inplace)
 
 
 def nadam(
@@ -111,7 +91,7 @@ def nadam(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``exp_avg``, ``exp_avg_sq`` and ``mu_product`` per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
@@ -121,23 +101,4 @@ def nadam(
       >>> sorted(state), p["w"]
       (['count', 'exp_avg', 'exp_avg_sq', 'mu_product', 'step'], tensor([0.8944, 0.8944]))
     """
-    w = "fc.nadam"
-    b1, b2 = V.betas(w, betas)
-    rule = NAdamRule(
-        b1,
-        b2,
-        V.number(w, "eps", eps),
-        V.number(w, "weight_decay", weight_decay),
-        V.number(w, "momentum_decay", momentum_decay),
-        V.flag(w, "decoupled_weight_decay", decoupled_weight_decay),
-    )
-    # not elementwise: mu_product is a 0-d buffer per leaf, not shaped like the leaf
-    return build(
-        rule,
-        lr,
-        "nadam",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-        kernels=kernels(_foreach_inplace),
-    )
+    return _SPEC.build(locals())

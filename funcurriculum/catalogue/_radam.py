@@ -8,16 +8,14 @@ from typing import Any
 import torch
 from torch.optim.radam import radam as _torch_radam
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, kernels, step64, torch_steps, zeros
-
-Tensor = torch.Tensor
+from ._common import LeafShaped, cast, decay, step64
+from ._factory import Catalogued, torch_foreach
 
 
 @dataclass(frozen=True)
-class RAdamRule:
+class RAdamRule(LeafShaped):
     """torch.optim.RAdam's update for one leaf (state: ``exp_avg``, ``exp_avg_sq``)."""
 
     beta1: float = 0.9
@@ -28,16 +26,9 @@ class RAdamRule:
 
     fields = ("exp_avg", "exp_avg_sq")
 
-    def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        return zeros(p), zeros(p)
-
     def step(self, p, g, bufs, count, lr):
         m, v = bufs
-        if self.weight_decay != 0:
-            if self.decoupled_weight_decay:
-                p = p * cast(1 - lr * self.weight_decay, p)
-            else:
-                g = g + self.weight_decay * p
+        p, g = decay(self, p, g, lr)
         b1, b2 = self.beta1, self.beta2
         m = torch.lerp(m, g, 1 - b1)
         v = torch.addcmul(v * b2, g, g, value=1 - b2)
@@ -57,23 +48,8 @@ class RAdamRule:
         return p - update, (m, v)
 
 
-def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
-    """torch.optim.RAdam's multi-tensor (foreach) update, in place on one group."""
-    _torch_radam(
-        ps,
-        gs,
-        bufs[0],
-        bufs[1],
-        torch_steps(counts),
-        decoupled_weight_decay=rule.decoupled_weight_decay,
-        foreach=True,
-        maximize=maximize,
-        beta1=rule.beta1,
-        beta2=rule.beta2,
-        lr=lr,
-        weight_decay=rule.weight_decay,
-        eps=rule.eps,
-    )
+_foreach_inplace = torch_foreach(_torch_radam)
+_SPEC = Catalogued("radam", RAdamRule, inplace=_foreach_inplace)
 
 
 def radam(
@@ -104,32 +80,18 @@ def radam(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``exp_avg`` and ``exp_avg_sq`` per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
       >>> opt = fc.radam(0.1)
-      >>> p = {"w": torch.ones(2)}
-      >>> p, state = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
-      >>> p["w"]
-      tensor([0.9000, 0.9000])
+      >>> p = {"w": torch.ones(1)}
+      >>> state, sizes = opt.init(p), []
+      >>> for _ in range(7):  # rectified from the leaf's 6th update on
+      ...     new, state = opt.update(p, {"w": torch.ones(1)}, state)
+      ...     sizes.append(round(float(p["w"] - new["w"]), 4))
+      ...     p = new
+      >>> sizes
+      [0.1, 0.1, 0.1, 0.1, 0.1, 0.0026, 0.0033]
     """
-    w = "fc.radam"
-    b1, b2 = V.betas(w, betas)
-    rule = RAdamRule(
-        b1,
-        b2,
-        V.number(w, "eps", eps),
-        V.number(w, "weight_decay", weight_decay),
-        V.flag(w, "decoupled_weight_decay", decoupled_weight_decay),
-    )
-    return build(
-        rule,
-        lr,
-        "radam",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-        elementwise=True,
-        kernels=kernels(_foreach_inplace),
-    )
+    return _SPEC.build(locals())

@@ -8,16 +8,14 @@ from typing import Any
 import torch
 from torch.optim.rmsprop import rmsprop as _torch_rmsprop
 
-from .. import _hparams as V
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
-from ._common import build, cast, kernels, torch_steps, zeros
-
-Tensor = torch.Tensor
+from ._common import LeafShaped, cast, decay
+from ._factory import Catalogued, torch_foreach
 
 
 @dataclass(frozen=True)
-class RMSpropRule:
+class RMSpropRule(LeafShaped):
     """torch.optim.RMSprop's update for one leaf (state: ``square_avg``, then
     ``momentum_buffer`` when ``momentum > 0``, then ``grad_avg`` when ``centered``)."""
 
@@ -35,14 +33,10 @@ class RMSpropRule:
             + (("grad_avg",) if self.centered else ())
         )
 
-    def init(self, p: Tensor) -> tuple[Tensor, ...]:
-        return tuple(zeros(p) for _ in self.fields)
-
     def step(self, p, g, bufs, count, lr):
+        p, g = decay(self, p, g, lr)
         lr = cast(lr, p)
         sq, rest = bufs[0], list(bufs[1:])
-        if self.weight_decay != 0:
-            g = g + self.weight_decay * p
         sq = torch.addcmul(sq * self.alpha, g, g, value=1 - self.alpha)
         new = [sq]
         if self.centered:
@@ -62,25 +56,15 @@ class RMSpropRule:
         return p, tuple(new)
 
 
-def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
-    """torch.optim.RMSprop's multi-tensor (foreach) update, in place on one group."""
+def _torch_order(rule, ps, bufs):
+    """torch's order of the buffer lists (an unused one empty): square_avg, grad_avg,
+    momentum_buffer."""
     b = dict(zip(rule.fields, bufs))
-    _torch_rmsprop(
-        ps,
-        gs,
-        b["square_avg"],
-        b.get("grad_avg", []),
-        b.get("momentum_buffer", []),
-        torch_steps(counts),
-        foreach=True,
-        maximize=maximize,
-        lr=lr,
-        alpha=rule.alpha,
-        eps=rule.eps,
-        weight_decay=rule.weight_decay,
-        momentum=rule.momentum,
-        centered=rule.centered,
-    )
+    return b["square_avg"], b.get("grad_avg", []), b.get("momentum_buffer", [])
+
+
+_foreach_inplace = torch_foreach(_torch_rmsprop, _torch_order)
+_SPEC = Catalogued("rmsprop", RMSpropRule, inplace=_foreach_inplace)
 
 
 def rmsprop(
@@ -109,31 +93,17 @@ def rmsprop(
       weight_decay_mask: bool pytree (or callable) saying which leaves decay.
 
     Returns:
-      An `Optimizer`.
+      An `Optimizer` whose state holds ``square_avg`` (then ``momentum_buffer`` and
+      ``grad_avg`` where used) per leaf.
 
     Example:
       >>> import torch, funcurriculum as fc
       >>> opt = fc.rmsprop(0.01)
       >>> p = {"w": torch.ones(2)}
       >>> p, state = opt.update(p, {"w": torch.ones(2)}, opt.init(p))
-      >>> p["w"]
+      >>> p["w"]  # 0.01 / sqrt(1 - alpha)
       tensor([0.9000, 0.9000])
+      >>> sorted(fc.rmsprop(0.01, momentum=0.9, centered=True).init(p))
+      ['count', 'grad_avg', 'momentum_buffer', 'square_avg', 'step']
     """
-    w = "fc.rmsprop"
-    rule = RMSpropRule(
-        alpha=V.number(w, "alpha", alpha),
-        eps=V.number(w, "eps", eps),
-        weight_decay=V.number(w, "weight_decay", weight_decay),
-        momentum=V.number(w, "momentum", momentum),
-        centered=V.flag(w, "centered", centered),
-    )
-    return build(
-        rule,
-        lr,
-        "rmsprop",
-        maximize=maximize,
-        differentiable=differentiable,
-        weight_decay_mask=weight_decay_mask,
-        elementwise=True,
-        kernels=kernels(_foreach_inplace),
-    )
+    return _SPEC.build(locals())

@@ -260,8 +260,10 @@ class ShardedOptimizer:
                         )
                         c[i] = _empty(p)
                 elif rank == o_new:
-                    for c in cols:
-                        buf = torch.empty_like(p, memory_format=torch.contiguous_format)
+                    # buffers shaped as the rule makes them (not always like the leaf:
+                    # Adafactor's factored moments, NAdam's 0-d mu_product)
+                    for c, like in zip(cols, self.opt.rule.init(p)):
+                        buf = torch.empty_like(like, memory_format=torch.contiguous_format)
                         dist.recv(buf, src=global_rank(self.group, o_old), group=self.group)
                         c[i] = buf
             elif not new[i] and old[i] and o_old == rank:
