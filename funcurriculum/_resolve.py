@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._classes import describe_classes, normalize_classes, short
-from ._select import Patterns
+from ._select import Patterns, normalize_patterns
 from ._selection import need_classes
 from ._tree import prefixes
 from .param_index import ParamIndex
@@ -55,13 +55,15 @@ def unfreeze(
     stacklevel: int = 2,
 ) -> tuple[bool, ...]:
     """Frozen flags after ``Curriculum.unfreeze(names)``: the originals of peft
-    ``modules_to_save`` wrappers a broader selection reaches stay frozen (warned)."""
+    ``modules_to_save`` wrappers stay frozen (warned) unless a pattern that names
+    ``original_module`` selects them (``".*"`` reaches them but does not name them)."""
     leaves = index.leaves_of(names)
-    guarded = peft_originals(index, frozen, names, leaves)
+    named = [p for p in normalize_patterns(patterns) if "original_module" in p] if patterns else []
+    guarded = peft_originals(index, frozen, index.select(named) if named else [], leaves)
     if guarded:
         shown = [index.paths[i] for i in sorted(guarded)]
         warnings.warn(
-            f"unfreeze({patterns!r}) reaches the frozen originals of peft modules_to_save "
+            f"unfreeze({'classes=...' if patterns is None else repr(patterns)}) reaches the frozen originals of peft modules_to_save "
             f"wrappers {shown[:4]}{' ...' if len(shown) > 4 else ''}: left frozen (peft "
             "trains the '.modules_to_save.' copy); name '...original_module' to unfreeze it",
             stacklevel=stacklevel + 1,
@@ -126,17 +128,18 @@ def freeze_keeping(
 
 
 def peft_originals(
-    index: ParamIndex, frozen: Sequence[bool], names: Sequence[str], leaves: set[int]
+    index: ParamIndex, frozen: Sequence[bool], explicit: Sequence[str], leaves: set[int]
 ) -> set[int]:
-    """Frozen leaves under ``<wrapper>.original_module`` of a peft ``ModulesToSaveWrapper``
-    that ``leaves`` reach through a selected name outside that ``original_module``."""
+    """Frozen leaves of ``leaves`` under ``<wrapper>.original_module`` of a peft
+    ``ModulesToSaveWrapper``, for each wrapper none of whose original's names (nor the
+    original itself) is in ``explicit``, the names selected explicitly."""
     wrappers = [n for n, mro in index.classes.items() if short(mro[0]) == "ModulesToSaveWrapper"]
     out: set[int] = set()
     for w in wrappers:
         orig = f"{w}.original_module" if w else "original_module"
         if orig not in index.leaves_under:
             continue
-        if not any(n == orig or n.startswith(orig + ".") for n in names):
+        if not any(n == orig or n.startswith(orig + ".") for n in explicit):
             out |= {i for i in index.leaves_under[orig] if i in leaves and frozen[i]}
     return out
 

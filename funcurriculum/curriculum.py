@@ -189,8 +189,8 @@ class Curriculum:
 
     def unfreeze(self, patterns: Patterns | None = None, *, classes: Any = None) -> Curriculum:
         """New curriculum with the selected layers' whole subtrees trainable, except the
-        frozen ``original_module`` of a peft ``modules_to_save`` wrapper reached by a
-        broader selection (warned; name ``....original_module`` to unfreeze it).
+        frozen ``original_module`` of a peft ``modules_to_save`` wrapper, unless a pattern
+        spells ``original_module`` (a parent, ``".*"`` or ``classes=`` reaching it warns).
 
         Args:
           patterns: str or list of str (see ``freeze``).

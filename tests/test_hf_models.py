@@ -344,6 +344,15 @@ def test_peft_modules_to_save_original_stays_frozen():
     assert not broad.masks[orig] and broad.masks["base_model.model.model.norm.weight"]
     explicit = cur.unfreeze("base_model.model.lm_head.original_module")
     assert explicit.masks[orig]
+    # a regex that reaches every name does not name the original: still guarded
+    with pytest.warns(UserWarning, match="original_module"):
+        everything = cur.unfreeze(".*")
+    assert not everything.masks[orig] and all(
+        v for k, v in everything.masks.items() if ".original_module." not in k
+    )
+    with pytest.warns(UserWarning, match="original_module"):
+        linears = cur.unfreeze(classes=torch.nn.Linear)
+    assert not linears.masks[orig] and linears.masks[copy_]
 
 
 # -- ensembles of real models ----------------------------------------------------------
