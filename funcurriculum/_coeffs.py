@@ -7,8 +7,6 @@ weight's coefficient is one entry on its leaf path (see `_resolve.set_tied`).
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 
 from . import _resolve
 from ._tree import prefixes
+from ._validate import nonneg_real
 from .param_index import ParamIndex
 
 
@@ -27,14 +26,7 @@ def check_coefficient(coefficient: Any) -> float:
                 f"coefficient must be a number, got a tensor of shape {tuple(coefficient.shape)}"
             )
         coefficient = coefficient.item()
-    if isinstance(coefficient, bool) or not isinstance(coefficient, numbers.Real):
-        raise TypeError(
-            f"coefficient must be a real number, got {type(coefficient).__name__}: {coefficient!r}"
-        )
-    c = float(coefficient)
-    if not math.isfinite(c) or c < 0:
-        raise ValueError(f"coefficient must be finite and >= 0, got {coefficient!r}")
-    return c
+    return nonneg_real(coefficient, "coefficient", "a real number")
 
 
 def set_entries(
