@@ -94,14 +94,13 @@ def curriculum_groups(
     cur: Any,
     params: Any,
     lr: Any,
-    *,
     since: Any = None,
     named: bool = False,
     weight_decay: float | None = None,
     weight_decay_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
 ) -> list[dict[str, Any]]:
-    """``Curriculum.param_groups`` (``since`` must be a curriculum of ``cur``'s type over
-    the same paths)."""
+    """``Curriculum.param_groups`` (arguments in its order; ``since`` must be a curriculum
+    of ``cur``'s type over the same paths)."""
     skip = None
     if since is not None:
         if not isinstance(since, type(cur)):

@@ -288,10 +288,8 @@ class Curriculum:
           >>> [g.get("weight_decay") for g in cur.param_groups(m, 1e-2, weight_decay_mask=no_bias)]
           [None, 0.0, None, 0.0]
         """
-        kw = dict(since=since, named=named, weight_decay=weight_decay)
-        return _groups.curriculum_groups(
-            self, params, lr, weight_decay_mask=weight_decay_mask, **kw
-        )
+        wd, mask = weight_decay, weight_decay_mask
+        return _groups.curriculum_groups(self, params, lr, since, named, wd, mask)
 
     # -- views -------------------------------------------------------------------------
     @property
