@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 
 try:  # optional progress bar: pip install tqdm (or the [examples] extra)
     from tqdm.auto import tqdm
@@ -139,3 +141,32 @@ def num_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+class DigitsMLP(nn.Module):
+    """The digits examples' model: a three-layer MLP backbone (8x8 image -> 64 features,
+    under ``backbone``) and a linear ``head``."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            OrderedDict(
+                flat=nn.Flatten(),
+                fc1=nn.Linear(64, 128),
+                act1=nn.ReLU(),
+                fc2=nn.Linear(128, 128),
+                act2=nn.ReLU(),
+                fc3=nn.Linear(128, 64),
+                act3=nn.ReLU(),
+            )
+        )
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def digits_params(classes: int, seed: int) -> dict[str, torch.Tensor]:
+    """Freshly initialised `DigitsMLP` params (torch's default init, seeded)."""
+    torch.manual_seed(seed)
+    return {k: v.detach().clone() for k, v in DigitsMLP(classes).named_parameters()}

@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from _common import (
+    DigitsMLP,
     add_common_args,
     add_transfer_args,
     digits,
+    digits_params,
     num_threads,
     progress,
     transfer_split,
 )
-from torch import nn
 from torch.func import functional_call, grad_and_value
 
 import funcurriculum as fc
@@ -56,34 +56,12 @@ def load_data(labelled_per_class: int, seed: int = 0):
 
 
 # --------------------------------------------------------------------------- model
-class Net(nn.Module):
-    """A three-layer MLP backbone (8x8 image -> 64 features) and a linear head."""
-
-    def __init__(self, classes: int = 5):
-        super().__init__()
-        self.backbone = nn.Sequential(
-            OrderedDict(
-                flat=nn.Flatten(),
-                fc1=nn.Linear(64, 128),
-                act1=nn.ReLU(),
-                fc2=nn.Linear(128, 128),
-                act2=nn.ReLU(),
-                fc3=nn.Linear(128, 64),
-                act3=nn.ReLU(),
-            )
-        )
-        self.head = nn.Linear(64, classes)
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
+CLASSES = 5
+MODEL = DigitsMLP(CLASSES)  # a stateless skeleton: functional_call swaps the params in
 
 
 def fresh_params(seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return {k: v.detach().clone() for k, v in Net().named_parameters()}
-
-
-MODEL = Net()  # a stateless skeleton: functional_call swaps the params in
+    return digits_params(CLASSES, seed)
 
 
 def loss_fn(trainable, frozen, x, y):

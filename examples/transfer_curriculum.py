@@ -49,13 +49,19 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import add_common_args, digits, num_threads, output_path, show_phase_changes
-from torch import nn
+from _common import (
+    DigitsMLP,
+    add_common_args,
+    digits,
+    digits_params,
+    num_threads,
+    output_path,
+    show_phase_changes,
+)
 from torch.func import functional_call
 
 import funcurriculum as fc
@@ -90,34 +96,12 @@ def load_data(labelled: int, degrees: float, noise: float, seed: int):
 
 
 # --------------------------------------------------------------------------- model
-class Net(nn.Module):
-    """A three-layer MLP backbone (8x8 image -> 64 features) and a linear head."""
-
-    def __init__(self, classes: int = 10):
-        super().__init__()
-        self.backbone = nn.Sequential(
-            OrderedDict(
-                flat=nn.Flatten(),
-                fc1=nn.Linear(64, 128),
-                act1=nn.ReLU(),
-                fc2=nn.Linear(128, 128),
-                act2=nn.ReLU(),
-                fc3=nn.Linear(128, 64),
-                act3=nn.ReLU(),
-            )
-        )
-        self.head = nn.Linear(64, classes)
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
-MODEL = Net().to("meta")  # a stateless skeleton: functional_call swaps the params in
+CLASSES = 10
+MODEL = DigitsMLP(CLASSES).to("meta")  # a stateless skeleton: functional_call swaps the params in
 
 
 def fresh_params(seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return {k: v.detach().clone() for k, v in Net().named_parameters()}
+    return digits_params(CLASSES, seed)
 
 
 def loss_fn(params, batch):

@@ -73,6 +73,52 @@ def nonneg_real(x: Any, what: str, kinds: str) -> float:
     return v
 
 
+def members_of(state: Any, leaves: Sequence[Any], paths: Sequence[str]) -> int:
+    """The ensemble size ``E`` of a stacked state (`Optimizer.update_members`): ``step``
+    of shape ``(E,)`` and every leaf stacked over ``E`` members."""
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, Tensor) or step.dim() != 1:
+        shape = tuple(step.shape) if isinstance(step, Tensor) else type(step).__name__
+        raise ValueError(
+            "update_members needs a stacked state, vmap(opt.init)(params), whose step has "
+            f"shape (E,); got step {shape}"
+        )
+    e = step.shape[0]
+    for p, path in zip(leaves, paths):
+        if not isinstance(p, Tensor) or p.dim() == 0 or p.shape[0] != e:
+            shape = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
+            raise ValueError(f"leaf {path!r} of shape {shape} is not stacked over {e} members")
+    return e
+
+
+def check_members(
+    e: int, paths: Sequence[str], masks: Sequence[Any], coeffs: Sequence[Any] | None,
+    counts: Sequence[Any],
+) -> None:  # fmt: skip
+    """Masks and coefficients of `Optimizer.update_members` are shared (Python values,
+    0-d tensors) or per member (shape ``(E,)``); counts are per member."""
+    for what, values in (("mask", masks), ("coefficient", coeffs or ()), ("count", counts)):
+        for path, v in zip(paths, values):
+            if isinstance(v, Tensor) and tuple(v.shape) not in ((), (e,)):
+                raise ValueError(
+                    f"{what} at {path!r} has shape {tuple(v.shape)}: expected () or ({e},) "
+                    f"for {e} members"
+                )
+            if what == "count" and not (isinstance(v, Tensor) and tuple(v.shape) == (e,)):
+                raise ValueError(f"count at {path!r} is not per member (shape ({e},))")
+
+
+def uniform_mask(m: Any) -> Any:
+    """A per-member bool tensor that is all True (all False) as ``True`` (``False``):
+    the same result, without the per-member selects (reads the mask: eager only)."""
+    if isinstance(m, Tensor) and m.device.type == "cpu":
+        if bool(m.all()):
+            return True
+        if not bool(m.any()):
+            return False
+    return m
+
+
 def coeff_value(c: Any, path: str, transformed: bool = False) -> Any:
     """A coefficient: a finite float >= 0, or a tensor (0-d outside transforms)."""
     if isinstance(c, Tensor):

@@ -17,7 +17,8 @@ from torch.func import grad_and_value, vmap
 
 from ._tree import PyTree, align, flatten, spec_paths, unflatten
 from .curriculum import Curriculum
-from .partition import combine, split
+from .optimizer import Optimizer
+from .partition import split
 from .schedule import LOGGER, Schedule, describe_change
 
 Tensor = torch.Tensor
@@ -371,25 +372,48 @@ def make_sweep_step(
     if batch_axis not in (None, 0):
         raise ValueError(f"batch_axis must be None (a shared batch) or 0, got {batch_axis!r}")
 
+    # an elementwise optimizer updates the stacked leaves directly (Optimizer.update_members,
+    # the arithmetic of vmap without its per-op cost); any other one runs under vmap
+    stacked = isinstance(opt, Optimizer) and opt.elementwise
+
     def core(params, state, batch, dyn, coeffs, trained):
         leaves, spec = flatten(params)
-        trainable, frozen = split(params, trained)
         pos = [i for i, t in enumerate(trained) if t]
+        rest = [i for i, t in enumerate(trained) if not t]
 
-        def member(tr, fr, p, st, b, m, c):
-            flat = [False] * len(trained)
-            for i, mi in zip(pos, m):
-                flat[i] = mi
-            masks = unflatten(spec, flat)
-            if tr:
-                grads, loss = grad_and_value(lambda t: loss_fn(combine(t, fr, like=p), b))(tr)
-            else:
-                loss, grads = loss_fn(p, b), {}
-            new_p, new_s = opt.update(p, grads, st, masks, c)
+        def tree_of(at_pos, at_rest):  # the params' structure from the two flat parts
+            flat = list(leaves)
+            for idx, part in ((pos, at_pos), (rest, at_rest)):
+                for i, x in zip(idx, part):
+                    flat[i] = x
+            return unflatten(spec, flat)
+
+        def masks_of(m):
+            return tree_of(m, [False] * len(rest))
+
+        def grads_of(tr, fr, b):  # flat lists in and out: vmap's cheapest inputs
+            if not tr:
+                return [], loss_fn(tree_of(tr, fr), b)
+            return grad_and_value(lambda t: loss_fn(tree_of(t, fr), b))(tr)
+
+        def trainable(grads):  # the trained leaves' grads, as fc.partition's part
+            return split(tree_of(grads, [leaves[i] for i in rest]), trained)[0]
+
+        tr, fr = [leaves[i] for i in pos], [leaves[i] for i in rest]
+        if stacked:  # gradients under vmap, one update of the stacked leaves
+            grads, losses = vmap(grads_of, in_dims=(0, 0, batch_axis))(tr, fr, batch)
+            new_p, new_s = opt.update_members(
+                params, trainable(grads), state, masks_of(dyn), coeffs
+            )
+            return new_p, new_s, losses
+
+        def member(t, f, st, b, m, c):
+            grads, loss = grads_of(t, f, b)
+            new_p, new_s = opt.update(tree_of(t, f), trainable(grads), st, masks_of(m), c)
             return new_p, new_s, loss
 
-        run = vmap(member, in_dims=(0, 0, 0, 0, batch_axis, 0, 0))
-        return run(trainable, frozen, params, state, batch, dyn, coeffs)
+        run = vmap(member, in_dims=(0, 0, 0, batch_axis, 0, 0))
+        return run(tr, fr, state, batch, dyn, coeffs)
 
     if compile:
         opts = {"fullgraph": True} if compile is True else dict(compile)

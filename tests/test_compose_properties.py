@@ -29,6 +29,7 @@ from test_properties import (  # noqa: E402
     params_st,
     phases_st,
     random_grads,
+    run_phases,
     snapshot,
 )
 
@@ -137,20 +138,7 @@ def test_composed_donate_equals_pure(params, opt, data):
     n = len(leaves(params))
     phases = data.draw(phases_st(n))
     seed = data.draw(st.integers(0, 2**16))
-    runs = {}
-    for donate in (False, True):
-        p = like(params, [x.clone() for x in leaves(params)])
-        state = opt.init(p, like(params, phases[0][0]))
-        prev = None
-        for phase, (mask_list, coeff_list, nsteps) in enumerate(phases):
-            masks, coeffs = like(params, mask_list), like(params, coeff_list)
-            if prev is not None:
-                state = opt.transition(state, p, prev, masks)
-            for s in range(nsteps):
-                grads = random_grads(params, seed + 7 * phase + s)
-                p, state = opt.update(p, grads, state, masks, coeffs, donate=donate)
-            prev = masks
-        runs[donate] = (p, state)
+    runs = {d: run_phases(opt, params, phases, seed, d) for d in (False, True)}
     (p0, s0), (p1, s1) = runs[False], runs[True]
     assert all(bit_equal(a, b) for a, b in zip(leaves(p0), leaves(p1)))
     l0, l1 = leaves(s0), leaves(s1)

@@ -177,6 +177,27 @@ def grads_in_mode(full, masks, mode):
     return fc.partition(full, masks)[0]
 
 
+def run_phases(opt, params, phases, seed, donate):
+    """Run ``opt`` from ``params`` (cloned) through ``phases`` (masks, coefficients, step
+    counts; a transition at each change) on seeded grads; frozen leaves must keep their
+    very tensors at every update. Returns ``(params, state)``."""
+    p = like(params, [x.clone() for x in leaves(params)])
+    state = opt.init(p, like(params, phases[0][0]))
+    prev = None
+    for phase, (mask_list, coeff_list, nsteps) in enumerate(phases):
+        masks, coeffs = like(params, mask_list), like(params, coeff_list)
+        if prev is not None:
+            state = opt.transition(state, p, prev, masks)
+        for s in range(nsteps):
+            grads = random_grads(params, seed + 7 * phase + s)
+            frozen = [x for x, m in zip(leaves(p), mask_list) if not m]
+            p, state = opt.update(p, grads, state, masks, coeffs, donate=donate)
+            kept = [x for x, m in zip(leaves(p), mask_list) if not m]
+            assert all(a is b for a, b in zip(frozen, kept))
+        prev = masks
+    return p, state
+
+
 def phases_st(n):
     """1-3 phases of (masks, coefficients, steps) for a tree of ``n`` leaves."""
     bools = st.lists(st.booleans(), min_size=n, max_size=n)
@@ -340,23 +361,7 @@ def test_donated_chain_equals_pure_chain(params, opt, data):
     n = len(leaves(params))
     phases = data.draw(phases_st(n))
     seed = data.draw(st.integers(0, 2**16))
-    chains = {}
-    for donate in (False, True):
-        p = like(params, [x.clone() for x in leaves(params)])
-        state = opt.init(p, like(params, phases[0][0]))
-        prev = None
-        for phase, (mask_list, coeff_list, nsteps) in enumerate(phases):
-            masks, coeffs = like(params, mask_list), like(params, coeff_list)
-            if prev is not None:
-                state = opt.transition(state, p, prev, masks)
-            for s in range(nsteps):
-                grads = random_grads(params, seed + 7 * phase + s)
-                frozen = [x for x, m in zip(leaves(p), mask_list) if not m]
-                p, state = opt.update(p, grads, state, masks, coeffs, donate=donate)
-                kept = [x for x, m in zip(leaves(p), mask_list) if not m]
-                assert all(a is b for a, b in zip(frozen, kept))
-            prev = masks
-        chains[donate] = (p, state)
+    chains = {d: run_phases(opt, params, phases, seed, d) for d in (False, True)}
     (p0, s0), (p1, s1) = chains[False], chains[True]
     assert all(bit_equal(a, b) for a, b in zip(leaves(p0), leaves(p1)))
     assert set(s0) == set(s1) and int(s0["step"]) == int(s1["step"])
