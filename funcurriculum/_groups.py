@@ -1,4 +1,5 @@
-"""``torch.optim`` param groups from per-leaf frozen flags and coefficients."""
+"""The ``torch.optim`` bridge: param groups from a curriculum's per-leaf frozen flags and
+coefficients (``Curriculum.param_groups``), with the no-decay split."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._tree import PyTree, align
+from ._tree import PyTree, align, describe_mismatch
 from .param_index import ParamIndex
 
 
@@ -87,3 +88,37 @@ def param_groups(
             groups[key] = g
         groups[key]["params"].append((path, leaf) if named else leaf)
     return list(groups.values())
+
+
+def curriculum_groups(
+    cur: Any,
+    params: Any,
+    lr: Any,
+    since: Any = None,
+    named: bool = False,
+    weight_decay: float | None = None,
+    weight_decay_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
+) -> list[dict[str, Any]]:
+    """``Curriculum.param_groups`` (arguments in its order; ``since`` must be a curriculum
+    of ``cur``'s type over the same paths)."""
+    skip = None
+    if since is not None:
+        if not isinstance(since, type(cur)):
+            raise TypeError(f"since must be a Curriculum, got {type(since).__name__}")
+        if since.index.paths != cur.index.paths:
+            raise ValueError(
+                "since= is a curriculum over other params: "
+                + describe_mismatch(cur.index.paths, since.index.paths)
+            )
+        skip = [not f for f in since.frozen_leaves]
+    return param_groups(
+        cur.index,
+        params,
+        lr,
+        cur.frozen_leaves,
+        cur.leaf_coefficients,
+        skip,
+        named=named,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+    )

@@ -1,22 +1,83 @@
-"""Selections that reach a leaf through several names or kinds of layer.
+"""Freezing and unfreezing resolved to per-leaf flags, and selections that reach a leaf
+through several names or kinds of layer.
 
 Pure functions over a `ParamIndex`, per-leaf frozen flags and coefficient entries,
-behind ``Curriculum.freeze(keep=...)``, ``set_lr_coefficient`` on tied weights and the
-peft ``modules_to_save`` guard of ``unfreeze``.
+behind ``Curriculum.freeze`` (with ``keep=``), ``Curriculum.unfreeze`` (with the peft
+``modules_to_save`` guard) and ``set_lr_coefficient`` on tied weights.
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from ._classes import describe_classes, short
+from ._classes import describe_classes, normalize_classes, short
+from ._select import Patterns, normalize_patterns
+from ._selection import need_classes
 from ._tree import prefixes
 from .param_index import ParamIndex
 
 
+def with_flags(frozen: Sequence[bool], leaves: Iterable[int], value: bool) -> tuple[bool, ...]:
+    """``frozen`` with the flags of ``leaves`` (leaf indices) set to ``value``."""
+    out = list(frozen)
+    for i in leaves:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < len(out):
+            raise ValueError(f"{i!r} is not a leaf index in [0, {len(out)})")
+        out[int(i)] = bool(value)
+    return tuple(out)
+
+
+def freeze(
+    index: ParamIndex,
+    frozen: Sequence[bool],
+    names: list[str],
+    keep: Any,
+    *,
+    stacklevel: int = 2,
+) -> tuple[bool, ...]:
+    """Frozen flags after ``Curriculum.freeze(names, keep=keep)``."""
+    if keep is None:
+        return with_flags(frozen, index.leaves_of(names), True)
+    need_classes(index, "freeze(keep=...)")
+    wanted = normalize_classes(keep, "keep")
+    return freeze_keeping(index, frozen, names, wanted, stacklevel=stacklevel + 1)
+
+
+def unfreeze(
+    index: ParamIndex,
+    frozen: Sequence[bool],
+    names: list[str],
+    patterns: Patterns | None,
+    *,
+    stacklevel: int = 2,
+) -> tuple[bool, ...]:
+    """Frozen flags after ``Curriculum.unfreeze(names)``: the originals of peft
+    ``modules_to_save`` wrappers stay frozen (warned) unless a pattern that names
+    ``original_module`` selects them (``".*"`` reaches them but does not name them)."""
+    leaves = index.leaves_of(names)
+    named = [p for p in normalize_patterns(patterns) if "original_module" in p] if patterns else []
+    guarded = peft_originals(index, frozen, index.select(named) if named else [], leaves)
+    if guarded:
+        shown = [index.paths[i] for i in sorted(guarded)]
+        warnings.warn(
+            f"unfreeze({'classes=...' if patterns is None else repr(patterns)}) reaches the frozen originals of peft modules_to_save "
+            f"wrappers {shown[:4]}{' ...' if len(shown) > 4 else ''}: left frozen (peft "
+            "trains the '.modules_to_save.' copy); name '...original_module' to unfreeze it",
+            stacklevel=stacklevel + 1,
+        )
+    return with_flags(frozen, leaves - guarded, False)
+
+
 def freeze_keeping(
-    index: ParamIndex, frozen: Sequence[bool], names: list[str], wanted: tuple[str, ...]
+    index: ParamIndex,
+    frozen: Sequence[bool],
+    names: list[str],
+    wanted: tuple[str, ...],
+    *,
+    stacklevel: int = 2,
 ) -> tuple[bool, ...]:
     """Frozen flags after freezing ``names`` while keeping layers of ``wanted`` classes.
 
@@ -61,23 +122,24 @@ def freeze_keeping(
             f"freeze({names[:3]}{' ...' if len(names) > 3 else ''}, keep="
             f"{describe_classes(wanted)}) keeps nothing: no layer of those classes inside "
             f"the frozen subtrees; layer classes there: {present[:12]}",
-            stacklevel=4,
+            stacklevel=stacklevel + 1,
         )
     return tuple(fl)
 
 
 def peft_originals(
-    index: ParamIndex, frozen: Sequence[bool], names: Sequence[str], leaves: set[int]
+    index: ParamIndex, frozen: Sequence[bool], explicit: Sequence[str], leaves: set[int]
 ) -> set[int]:
-    """Frozen leaves under ``<wrapper>.original_module`` of a peft ``ModulesToSaveWrapper``
-    that ``leaves`` reach through a selected name outside that ``original_module``."""
+    """Frozen leaves of ``leaves`` under ``<wrapper>.original_module`` of a peft
+    ``ModulesToSaveWrapper``, for each wrapper none of whose original's names (nor the
+    original itself) is in ``explicit``, the names selected explicitly."""
     wrappers = [n for n, mro in index.classes.items() if short(mro[0]) == "ModulesToSaveWrapper"]
     out: set[int] = set()
     for w in wrappers:
         orig = f"{w}.original_module" if w else "original_module"
         if orig not in index.leaves_under:
             continue
-        if not any(n == orig or n.startswith(orig + ".") for n in names):
+        if not any(n == orig or n.startswith(orig + ".") for n in explicit):
             out |= {i for i in index.leaves_under[orig] if i in leaves and frozen[i]}
     return out
 

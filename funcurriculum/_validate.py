@@ -62,6 +62,17 @@ def masks_of(masks_l: Sequence[Any] | None, paths: Sequence[str], dynamic: bool)
     return [mask_value(m, p, dynamic) for m, p in zip(masks_l, paths)]
 
 
+def nonneg_real(x: Any, what: str, kinds: str) -> float:
+    """``x`` as a float: a real number (not a bool), finite and >= 0; the errors say
+    ``"{what} must be {kinds}"`` / ``"{what} must be finite and >= 0"``."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{what} must be {kinds}, got {type(x).__name__}: {x!r}")
+    v = float(x)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be finite and >= 0, got {x!r}")
+    return v
+
+
 def members_of(state: Any, leaves: Sequence[Any], paths: Sequence[str]) -> int:
     """The ensemble size ``E`` of a stacked state (`Optimizer.update_members`): ``step``
     of shape ``(E,)`` and every leaf stacked over ``E`` members."""
@@ -117,14 +128,7 @@ def coeff_value(c: Any, path: str, transformed: bool = False) -> Any:
                 f"shape {tuple(c.shape)}"
             )
         return c
-    if isinstance(c, bool) or not isinstance(c, numbers.Real):
-        raise TypeError(
-            f"coefficient at {path!r} must be a float or a 0-d tensor, got {type(c).__name__}"
-        )
-    c = float(c)
-    if not math.isfinite(c) or c < 0:
-        raise ValueError(f"coefficient at {path!r} must be finite and >= 0, got {c}")
-    return c
+    return nonneg_real(c, f"coefficient at {path!r}", "a float or a 0-d tensor")
 
 
 def lr_value(lr: Any, step: int) -> Any:

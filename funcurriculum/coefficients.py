@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._coeffs import check_coefficient
 from ._rule import Span, exact
 from ._select import Patterns, normalize_patterns
 from ._tree import PyTree, prefixes
-from .curriculum import Curriculum, _check_coefficient
+from .curriculum import Curriculum
 
 
 def _owner(path: str) -> str:
@@ -154,7 +155,7 @@ class SetCoefficient(Span):
     until_epoch: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "coefficient", _check_coefficient(self.coefficient))
+        object.__setattr__(self, "coefficient", check_coefficient(self.coefficient))
         object.__setattr__(self, "patterns", tuple(normalize_patterns(self.patterns)))
         self._check_span("SetCoefficient")
 

@@ -1,55 +1,34 @@
-"""``Curriculum``: the immutable, sparse source of truth for freezing and LR coefficients."""
+"""``Curriculum``: the immutable, sparse source of truth for freezing and LR coefficients.
+
+The class is a thin facade; each concept lives in its own module: the names
+(`param_index`), class-based selection (`_selection`), freezing with ``keep=`` and the
+peft guard (`_resolve`), coefficient entries (`_coeffs`), the table (`_table`), the
+``torch.optim`` bridge (`_groups`) and the plain-data record (`_curriculum_dict`).
+"""
 
 from __future__ import annotations
 
-import math
-import numbers
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
-from . import _groups, _resolve, _table
-from ._classes import class_hint, describe_classes, lookalike_hint, normalize_classes
+from . import _coeffs, _curriculum_dict, _groups, _resolve, _selection, _table
 from ._select import Patterns
-from ._tree import PyTree, describe_mismatch, prefixes
+from ._tree import PyTree
 from .param_index import ParamIndex
-
-
-def _check_coefficient(coefficient: Any) -> float:
-    if isinstance(coefficient, torch.Tensor):
-        if coefficient.numel() != 1:
-            raise TypeError(
-                f"coefficient must be a number, got a tensor of shape {tuple(coefficient.shape)}"
-            )
-        coefficient = coefficient.item()
-    if isinstance(coefficient, bool) or not isinstance(coefficient, numbers.Real):
-        raise TypeError(
-            f"coefficient must be a real number, got {type(coefficient).__name__}: {coefficient!r}"
-        )
-    c = float(coefficient)
-    if not math.isfinite(c) or c < 0:
-        raise ValueError(f"coefficient must be finite and >= 0, got {coefficient!r}")
-    return c
 
 
 class Curriculum:
     """Which leaves are frozen and which LR coefficient each leaf gets.
 
-    Immutable: ``freeze``, ``unfreeze`` and ``set_lr_coefficient`` return new
-    curricula. The state is sparse (a set of frozen names and a dict of coefficient
-    entries, absent = 1.0); ``masks`` and ``coeffs`` render it densely with the
-    params' structure.
-
-    Semantics (torch_mentor's): a selected layer freezes / unfreezes its whole
-    subtree, later calls winning on the subtree they select; a coefficient entry
-    applies to a leaf through its most specific ancestor entry.
-
-    ``frozen`` is canonical: the maximal fully-frozen subtrees (a layer is listed when
-    all its leaves are frozen and its parent is not fully frozen). So after
-    ``freeze("backbone").unfreeze("backbone.layer4")`` it lists backbone's other
-    children, not ``backbone``.
+    Immutable: ``freeze``, ``unfreeze`` and ``set_lr_coefficient`` return new curricula.
+    The state is sparse (frozen leaves and coefficient entries, absent = 1.0); ``masks``
+    and ``coeffs`` render it densely with the params' structure. Semantics are
+    torch_mentor's: a selected layer freezes / unfreezes its whole subtree, later calls
+    winning on the subtree they select; a leaf takes its most specific ancestor
+    coefficient entry. ``frozen`` lists the maximal fully-frozen subtrees, so after
+    ``freeze("backbone").unfreeze("backbone.layer4")`` it holds backbone's other children.
 
     Args:
       params: the params pytree (tensors are read for structure and sizes only).
@@ -67,27 +46,33 @@ class Curriculum:
     __slots__ = ("_index", "_frozen_leaves", "_entries", "__weakref__")
 
     def __init__(self, params: PyTree):
-        self._index = ParamIndex.from_params(params)
-        self._frozen_leaves: tuple[bool, ...] = (False,) * len(self._index.paths)
-        self._entries: dict[str, float] = {}
+        self._init(ParamIndex.from_params(params), None, {})
+
+    def _init(self, index: ParamIndex, frozen: Iterable[bool] | None, entries: Mapping) -> None:
+        self._index = index
+        self._frozen_leaves = (False,) * len(index.paths) if frozen is None else tuple(frozen)
+        self._entries = dict(entries)  # last: it seals the object (see __setattr__)
 
     @classmethod
-    def _make(cls, index: ParamIndex, frozen_leaves: tuple[bool, ...], entries: dict[str, float]):
+    def _make(cls, index: ParamIndex, frozen: Iterable[bool] | None, entries: Mapping):
         obj = cls.__new__(cls)
-        obj._index = index
-        obj._frozen_leaves = tuple(frozen_leaves)
-        obj._entries = dict(entries)
+        obj._init(index, frozen, entries)
         return obj
+
+    def _with(self, frozen: Iterable[bool] | None = None, entries: Mapping | None = None):
+        frozen = self._frozen_leaves if frozen is None else frozen
+        return self._make(self._index, frozen, self._entries if entries is None else entries)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if hasattr(self, "_entries"):  # set once (copy / pickle restore slots one by one)
+            raise AttributeError("Curriculum is immutable; use freeze/unfreeze/set_lr_coefficient")
+        object.__setattr__(self, name, value)
 
     @classmethod
     def from_module(cls, module: torch.nn.Module) -> Curriculum:
-        """A curriculum over ``dict(module.named_parameters())`` that knows layer classes.
-
-        Everything works as for ``Curriculum(dict(module.named_parameters()))``; in
-        addition the curriculum records each layer's module class (for
-        ``freeze(..., keep=...)``, ``classes=`` selections and ``select_by_class``)
-        and the aliases of tied weights: a parameter shared by two modules is one leaf
-        (its first name), and selecting it through any of its names acts on it.
+        """A curriculum over ``dict(module.named_parameters())`` that knows layer classes
+        (for ``keep=``, ``classes=`` and ``select_by_class``) and tied weights (one leaf
+        under its first name; selecting any of its names acts on it).
 
         Args:
           module: the model (read for names, classes and sizes only).
@@ -98,20 +83,15 @@ class Curriculum:
         Example:
           >>> import torch, funcurriculum as fc
           >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
-          >>> cur = fc.Curriculum.from_module(m).freeze(".*", keep=fc.NORM_LAYERS)
-          >>> cur.masks
+          >>> fc.Curriculum.from_module(m).freeze(".*", keep=fc.NORM_LAYERS).masks
           {'0.weight': False, '0.bias': False, '1.weight': True, '1.bias': True}
         """
-        index = ParamIndex.from_module(module)
-        return cls._make(index, (False,) * len(index.paths), {})
+        return cls._make(ParamIndex.from_module(module), None, {})
 
     @classmethod
     def from_requires_grad(cls, module: torch.nn.Module) -> Curriculum:
-        """`from_module`, with the parameters that have ``requires_grad=False`` frozen.
-
-        How models arrive from peft (``get_peft_model`` freezes the base model and
-        leaves the adapters trainable) or from code that set the flags by hand. A tied
-        weight is one parameter, so it has one flag.
+        """`from_module`, with the parameters that have ``requires_grad=False`` frozen:
+        how peft models arrive (``get_peft_model`` freezes all but the adapters).
 
         Args:
           module: the model (read for names, classes, sizes and ``requires_grad``).
@@ -122,21 +102,14 @@ class Curriculum:
         Example:
           >>> import torch, funcurriculum as fc
           >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
-          >>> m[0].requires_grad_(False)  # doctest: +ELLIPSIS
-          Linear(...)
+          >>> _ = m[0].requires_grad_(False)
           >>> fc.Curriculum.from_requires_grad(m).frozen
           frozenset({'0'})
         """
-        base = cls.from_module(module)
-        flags = tuple(not p.requires_grad for p in module.parameters())
-        return cls._make(base._index, flags, {})
+        index = ParamIndex.from_module(module)
+        return cls._make(index, [not p.requires_grad for p in module.parameters()], {})
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if hasattr(self, "_entries"):
-            raise AttributeError("Curriculum is immutable; use freeze/unfreeze/set_lr_coefficient")
-        object.__setattr__(self, name, value)
-
-    # -- structure ---------------------------------------------------------------
+    # -- structure ---------------------------------------------------------------------
     @property
     def index(self) -> ParamIndex:
         """The `ParamIndex` (paths, layer names, tied weights, classes) this is over."""
@@ -149,8 +122,7 @@ class Curriculum:
 
     @property
     def layer_names(self) -> list[str]:
-        """Layer (module) names, parent before child (a layer holding only a tied
-        weight's alias is listed too)."""
+        """Layer names, parent before child (a tied weight's alias layers included)."""
         return self._index.layers
 
     @property
@@ -167,132 +139,58 @@ class Curriculum:
         """Names (layers and leaf paths) matched by ``patterns``; see ``select_layers``."""
         return self._index.select(patterns)
 
-    def _need_classes(self, what: str) -> None:
-        if not self._index.classes:
-            raise ValueError(
-                f"{what} needs a curriculum that knows layer classes: build it with "
-                "Curriculum.from_module(module)"
-            )
-
     def select_by_class(self, classes: Any, under: Patterns | None = None) -> list[str]:
-        """Layer names whose module is an instance of ``classes`` (subclasses included).
+        """Layer names whose module is an instance of ``classes`` (subclasses included);
+        warns when the model also uses a stand-in class (GPT-2's ``Conv1D`` for Linear).
 
         Args:
-          classes: a module class, a class name (``"Linear"`` or a qualified
-            ``"torch.nn.modules.linear.Linear"``), or a tuple / list of them.
-          under: optional patterns; only layers inside the subtrees they select
-            (the selected layers included) are returned.
+          classes: a module class, a class name (``"Linear"`` or qualified), or a tuple.
+          under: optional patterns: only layers inside the subtrees they select.
 
         Returns:
           The matching layer names in traversal order.
 
         Raises:
-          ValueError: the curriculum was not built by ``from_module``; nothing
-            matches (the message names the classes, the patterns and the classes that
-            are there); a pattern in ``under`` matches nothing.
+          ValueError: not built by ``from_module``; nothing matches (naming the classes
+            that are there); a pattern in ``under`` matches nothing.
 
         Example:
           >>> import torch, funcurriculum as fc
-          >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(),
-          ...                         torch.nn.Sequential(torch.nn.Linear(2, 2)))
-          >>> fc.Curriculum.from_module(m).select_by_class(torch.nn.Linear, under="2")
-          ['2.0']
+          >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 2)))
+          >>> fc.Curriculum.from_module(m).select_by_class(torch.nn.Linear, under="1")
+          ['1.0']
         """
-        self._need_classes("selecting layers by class")
-        wanted = normalize_classes(classes, "classes")
-        ix = self._index
-        layers = [n for n in ix.layers if n in ix.classes]
-        if under is not None:
-            roots = self.select(under)
-            layers = [n for n in layers if any(n == r or n.startswith(r + ".") for r in roots)]
-        found = [n for n in layers if ix.matches_class(n, wanted)]
-        present = [ix.classes[n][0] for n in layers]
-        if not found:
-            where = "" if under is None else f" under {under!r}"
-            raise ValueError(
-                f"no layer of class {describe_classes(wanted)}{where}" + class_hint(wanted, present)
-            )
-        hint = lookalike_hint(wanted, present)
-        if hint:
-            warnings.warn(
-                f"select_by_class({describe_classes(wanted)}) found {len(found)} layer(s) "
-                f"{found[:4]}{hint}",
-                stacklevel=2,
-            )
-        return found
+        return _selection.select_by_class(self._index, classes, under, stacklevel=2)
 
-    def _selection(self, patterns: Patterns | None, classes: Any, what: str) -> list[str]:
-        if classes is not None:
-            return self.select_by_class(classes, under=patterns)
-        if patterns is None:
-            raise TypeError(f"{what} needs patterns (or classes=)")
-        return self.select(patterns)
-
-    def _leaves_of(self, names: Sequence[str]) -> set[int]:
-        return self._index.leaves_of(names)
-
-    def _leaves_of_class(self, classes: Any) -> frozenset[int]:
-        """Leaves with a layer of ``classes`` on the path to them (through any name).
-
-        The rule a prefix-based selection (``Freezer``) uses for ``keep``.
-        """
-        self._need_classes("keep=")
-        return self._index.leaves_of_class(classes, "keep")
-
-    # -- freezing ----------------------------------------------------------------
-    def _with_frozen(self, leaves: set[int], value: bool) -> Curriculum:
-        fl = list(self._frozen_leaves)
-        for i in leaves:
-            fl[i] = value
-        return Curriculum._make(self._index, tuple(fl), self._entries)
-
+    # -- freezing ----------------------------------------------------------------------
     def freeze(
         self, patterns: Patterns | None = None, keep: Any = None, *, classes: Any = None
     ) -> Curriculum:
         """New curriculum with the selected layers' whole subtrees frozen.
 
         Args:
-          patterns: str or list of str, matched with ``re.fullmatch`` against layer
-            names and leaf paths (with ``classes``: the subtrees to look in; ``None``
-            = the whole model).
-          keep: a module class or a tuple of classes (or class names): layers of
-            these classes inside the frozen subtrees are made trainable instead
-            (fastai's / Lightning's ``train_bn`` with ``keep=fc.NORM_LAYERS``). A
-            leaf is kept when a layer of a kept class lies on the path from the
-            selected name down to the module owning the leaf (both included; a
-            selected leaf path looks at its owner). Needs ``from_module``.
-          classes: select the layers of these classes (see ``select_by_class``)
-            instead of, or within, ``patterns``.
+          patterns: str or list of str, ``re.fullmatch``-ed against layer names and
+            leaf paths (with ``classes``: where to look; ``None`` = the whole model).
+          keep: module classes (or names; ``fc.NORM_LAYERS`` for ``train_bn``) whose
+            layers on the path from a selected name down to a leaf keep that leaf
+            trainable. Needs ``from_module``; a keep that keeps nothing warns.
+          classes: select the layers of these classes (see ``select_by_class``).
 
         Returns:
           A new ``Curriculum``.
 
         Raises:
-          ValueError: unmatched pattern / class; ``keep`` or ``classes`` on a
-            curriculum not built by ``from_module``; a tied weight reached
-            through two names in this call, kept through one and frozen through the
-            other (the message names both).
+          ValueError: unmatched pattern / class; ``keep`` / ``classes`` without
+            ``from_module``; a tied weight kept through one name and frozen through
+            another in this call (naming both).
         """
-        names = self._selection(patterns, classes, "freeze")
-        if keep is None:
-            return self._with_frozen(self._leaves_of(names), True)
-        return self._freeze_keep(names, keep)
-
-    def _freeze_keep(self, names: list[str], keep: Any) -> Curriculum:
-        self._need_classes("freeze(keep=...)")
-        wanted = normalize_classes(keep, "keep")
-        flags = _resolve.freeze_keeping(self._index, self._frozen_leaves, names, wanted)
-        return Curriculum._make(self._index, flags, self._entries)
+        names = _selection.selection(self._index, patterns, classes, "freeze")
+        return self._with(_resolve.freeze(self._index, self._frozen_leaves, names, keep))
 
     def unfreeze(self, patterns: Patterns | None = None, *, classes: Any = None) -> Curriculum:
-        """New curriculum with the selected layers' whole subtrees trainable.
-
-        One exception: inside peft's ``modules_to_save`` wrappers
-        (``ModulesToSaveWrapper``: ``head.original_module.*`` beside the trained copy
-        ``head.modules_to_save.default.*``) the original module stays frozen unless
-        a selected name lies inside ``original_module`` itself; a broader selection
-        that reaches it warns and leaves it frozen (peft trains the copy, and the
-        original's weights are what ``disable_adapter`` restores).
+        """New curriculum with the selected layers' whole subtrees trainable, except the
+        frozen ``original_module`` of a peft ``modules_to_save`` wrapper, unless a pattern
+        spells ``original_module`` (a parent, ``".*"`` or ``classes=`` reaching it warns).
 
         Args:
           patterns: str or list of str (see ``freeze``).
@@ -301,40 +199,42 @@ class Curriculum:
         Returns:
           A new ``Curriculum``.
         """
-        names = self._selection(patterns, classes, "unfreeze")
-        leaves = self._leaves_of(names)
-        guarded = _resolve.peft_originals(self._index, self._frozen_leaves, names, leaves)
-        if guarded:
-            shown = [self._index.paths[i] for i in sorted(guarded)]
-            warnings.warn(
-                f"unfreeze({patterns!r}) reaches the frozen originals of peft modules_to_save "
-                f"wrappers {shown[:4]}{' ...' if len(shown) > 4 else ''}: left frozen (peft "
-                "trains the '.modules_to_save.' copy); name '...original_module' to unfreeze it",
-                stacklevel=2,
-            )
-        return self._with_frozen(leaves - guarded, False)
+        names = _selection.selection(self._index, patterns, classes, "unfreeze")
+        return self._with(_resolve.unfreeze(self._index, self._frozen_leaves, names, patterns))
 
-    # -- coefficients ----------------------------------------------------------------
+    def set_frozen_leaves(self, leaves: Iterable[int], frozen: bool = True) -> Curriculum:
+        """New curriculum with the leaves at these traversal indices frozen (or trainable):
+        ``freeze`` / ``unfreeze`` by index (no patterns, ``keep`` or peft guard), for
+        schedule rules that resolve their selection once (``cur.index.leaves_of(names)``).
+
+        Args:
+          leaves: leaf indices (positions in ``paths``).
+          frozen: the flag to set.
+
+        Returns:
+          A new ``Curriculum``.
+
+        Example:
+          >>> import torch, funcurriculum as fc
+          >>> fc.Curriculum({"a": torch.zeros(1), "b": torch.zeros(1)}).set_frozen_leaves([1]).masks
+          {'a': True, 'b': False}
+        """
+        flags = _resolve.with_flags(self._frozen_leaves, leaves, frozen)
+        return self._with(flags)
+
+    # -- coefficients ------------------------------------------------------------------
     def set_lr_coefficient(
         self, coefficient: float, patterns: Patterns | None = None, *, classes: Any = None
     ) -> Curriculum:
         """New curriculum with an LR coefficient entry on each selected name.
 
-        A leaf's coefficient is its most specific ancestor entry (the leaf path itself
-        counts); an entry on a parent does not overwrite its children's own entries.
-        ``1.0`` removes the entry unless an ancestor entry would then apply, in which
-        case an explicit 1.0 is kept.
-
-        A tied weight (see ``from_module``) has one coefficient, stored as an
-        entry on its leaf path: a call sets it when, through at least one of the
-        weight's names, the call's entry becomes the most specific one; a call that
-        reaches it through two names and sets it through one while the other name
-        keeps a different value (a more specific entry below the selected layer)
-        raises ``ValueError`` naming both.
+        A leaf takes its most specific ancestor entry (its own path counts); ``1.0``
+        removes an entry unless an ancestor entry would then apply. A tied weight has one
+        coefficient: a call through two of its names that would give it two values
+        raises (docs: modules, "Tied weights").
 
         Args:
-          coefficient: finite, >= 0 (0 = the layer still gets its state updated but
-            its parameters do not move).
+          coefficient: finite, >= 0 (0: the state still advances, the params stay).
           patterns: str or list of str.
           classes: select layers by class (see ``select_by_class``).
 
@@ -343,35 +243,13 @@ class Curriculum:
 
         Raises:
           ValueError: negative, NaN or infinite coefficient; unmatched pattern;
-            conflicting settings of a tied weight.
+            conflicting settings of a tied weight (naming both names).
         """
-        c = _check_coefficient(coefficient)
-        names = self._selection(patterns, classes, "set_lr_coefficient")
-        lay = self._index
-        tied = lay.tied
-        tied_names = {n for p, al in tied.items() for n in (p, *al)}
-        entries = dict(self._entries)
-        for name in names:
-            if name in tied_names:
-                continue  # a tied weight's leaf-level entry is set below
-            if c == 1.0 and not any(q in entries for q in prefixes(name)):
-                entries.pop(name, None)
-            else:
-                entries[name] = c
-        if tied:
-            _resolve.set_tied(lay, c, set(names), entries)
-        return Curriculum._make(lay, self._frozen_leaves, entries)
+        c = _coeffs.check_coefficient(coefficient)
+        names = _selection.selection(self._index, patterns, classes, "set_lr_coefficient")
+        return self._with(entries=_coeffs.set_entries(self._index, self._entries, c, names))
 
-    def _leaf_coefficient(self, path: str) -> float:
-        if path in self._entries:
-            return self._entries[path]
-        if path in self._index.tied:
-            return 1.0
-        for q in reversed(prefixes(path)):
-            if q in self._entries:
-                return self._entries[q]
-        return 1.0
-
+    # -- the torch.optim bridge --------------------------------------------------------
     def param_groups(
         self,
         params: Any,
@@ -382,33 +260,23 @@ class Curriculum:
         weight_decay: float | None = None,
         weight_decay_mask: PyTree | Callable[[PyTree], PyTree] | None = None,
     ) -> list[dict[str, Any]]:
-        """``torch.optim`` param groups for this curriculum.
-
-        Frozen leaves are left out; one group per distinct coefficient (in order of
-        first appearance), with ``lr = lr * coefficient``; within a group, leaves keep
-        traversal order. A tied weight is one leaf, so it appears once.
-
-        With ``weight_decay_mask`` (the same object `fc.adamw(..., weight_decay_mask=)`
-        takes: True = decays) each coefficient's leaves split in two groups, the
-        masked-out ones with ``"weight_decay": 0.0``: torch.optim's spelling of the
-        no-decay recipe (biases and norm weights).
+        """``torch.optim`` param groups: frozen leaves left out, one group per distinct
+        coefficient (first-appearance order, leaves in traversal order) with ``lr = lr *
+        coefficient``; a tied weight appears once. ``weight_decay_mask`` splits each group
+        in a decaying one and one with ``"weight_decay": 0.0`` (the no-decay recipe).
 
         Args:
-          params: ``dict`` of tensors with this curriculum's structure (e.g.
-            ``dict(module.named_parameters())``) or the ``nn.Module`` itself.
+          params: a dict of tensors with this structure, or the ``nn.Module`` itself.
           lr: the base learning rate (a number or a 0-d tensor).
           since: only leaves trainable here but frozen in ``since`` (the groups to
-            ``optimizer.add_param_group`` at a phase change that unfreezes them).
-          named: give params as ``(name, tensor)`` pairs (torch.optim then records
-            ``param_names``); every group of one optimizer must agree on this.
-          weight_decay: written into every decaying group (``None``: left to the
-            optimizer's default).
-          weight_decay_mask: a pytree of bools like params or a callable
-            ``params -> pytree`` (called on the params dict); False = no decay.
+            ``add_param_group`` at a phase change that unfreezes them).
+          named: ``(name, tensor)`` pairs (torch.optim then records ``param_names``).
+          weight_decay: written into every decaying group (``None``: the optimizer's).
+          weight_decay_mask: what `fc.adamw(..., weight_decay_mask=)` takes: a pytree of
+            bools like params or a callable ``params -> pytree``; False = no decay.
 
         Returns:
-          A list of ``{"params": [...], "lr": ...}`` dicts (plus ``"weight_decay"``
-          where set).
+          A list of ``{"params": [...], "lr": ...}`` (``"weight_decay"`` where set).
 
         Example:
           >>> import torch, funcurriculum as fc
@@ -416,34 +284,14 @@ class Curriculum:
           >>> cur = fc.Curriculum.from_module(m).set_lr_coefficient(0.1, "0")
           >>> [(len(g["params"]), g["lr"]) for g in cur.param_groups(m, 1e-2)]
           [(2, 0.001), (2, 0.01)]
-          >>> opt = torch.optim.SGD(cur.param_groups(m, 1e-2))
           >>> no_bias = lambda p: {k: not k.endswith("bias") for k in p}
           >>> [g.get("weight_decay") for g in cur.param_groups(m, 1e-2, weight_decay_mask=no_bias)]
           [None, 0.0, None, 0.0]
         """
-        skip = None
-        if since is not None:
-            if not isinstance(since, Curriculum):
-                raise TypeError(f"since must be a Curriculum, got {type(since).__name__}")
-            if since.paths != self.paths:
-                raise ValueError(
-                    "since= is a curriculum over other params: "
-                    + describe_mismatch(self._index.paths, since._index.paths)
-                )
-            skip = [not f for f in since.frozen_leaves]
-        return _groups.param_groups(
-            self._index,
-            params,
-            lr,
-            self._frozen_leaves,
-            self.leaf_coefficients,
-            skip,
-            named=named,
-            weight_decay=weight_decay,
-            weight_decay_mask=weight_decay_mask,
-        )
+        wd, mask = weight_decay, weight_decay_mask
+        return _groups.curriculum_groups(self, params, lr, since, named, wd, mask)
 
-    # -- views -------------------------------------------------------------------
+    # -- views -------------------------------------------------------------------------
     @property
     def frozen_leaves(self) -> tuple[bool, ...]:
         """Per-leaf frozen flags in traversal order."""
@@ -452,7 +300,7 @@ class Curriculum:
     @property
     def leaf_coefficients(self) -> tuple[float, ...]:
         """Per-leaf coefficients in traversal order."""
-        return tuple(self._leaf_coefficient(p) for p in self._index.paths)
+        return _coeffs.leaf_coefficients(self._index, self._entries)
 
     @property
     def masks(self) -> PyTree:
@@ -467,14 +315,7 @@ class Curriculum:
     @property
     def frozen(self) -> frozenset[str]:
         """Sparse frozen set: the maximal fully-frozen subtrees (layer names or leaf paths)."""
-        lay = self._index
-        full = {n for n in lay.nodes if all(self._frozen_leaves[i] for i in lay.leaves_under[n])}
-        out = set()
-        for n in full:
-            parent = lay.parent(n)
-            if parent is None or parent not in full:
-                out.add(n)
-        return frozenset(out)
+        return self._index.maximal_names(self._frozen_leaves)
 
     @property
     def lr_coefficients(self) -> dict[str, float]:
@@ -489,37 +330,31 @@ class Curriculum:
     def num_trainable(self) -> int:
         return sum(n for n, f in zip(self._index.numels, self._frozen_leaves) if not f)
 
-    # -- comparison / display -------------------------------------------------------
+    # -- comparison / display ----------------------------------------------------------
     def _key(self) -> tuple:
         return (self._index.paths, self._frozen_leaves, self.leaf_coefficients)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Curriculum):
-            return NotImplemented
-        return self._key() == other._key()
+        return self._key() == other._key() if isinstance(other, Curriculum) else NotImplemented
 
     def __hash__(self) -> int:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        n = len(self._index.paths)
-        k = sum(self._frozen_leaves)
         return (
-            f"Curriculum({n} leaves, {k} frozen, {self.num_trainable}/{self.num_params} params "
-            f"trainable, frozen={sorted(self.frozen)}, lr_coefficients={self._entries})"
+            f"Curriculum({len(self._index.paths)} leaves, {sum(self._frozen_leaves)} frozen, "
+            f"{self.num_trainable}/{self.num_params} params trainable, "
+            f"frozen={sorted(self.frozen)}, lr_coefficients={self._entries})"
         )
 
     def rows(self) -> list[tuple[str, str, str, int]]:
-        """(name, frozen, coefficient, #params) for every layer and top-level leaf."""
+        """(name, frozen, coefficient, #params) for every layer and leaf path."""
         return _table.rows(self._index, self._frozen_leaves, self.leaf_coefficients)
 
     def summary(self, lr: float | None = None) -> str:
-        """A table: layer / leaf, frozen (yes / no / partial), coefficient, #params.
-
-        A curriculum from ``from_module`` adds a ``class`` column, and marks tied
-        weights: the leaf row lists its aliases (``tied: decoder.weight``) and an
-        alias row names the leaf it shares (``= embed.weight``). `fc.summary` renders
-        the same table with an ``lr`` column.
+        """A table: name, frozen (yes / no / partial), coefficient, #params; from
+        ``from_module`` also the ``class`` column and tied weights marked (``tied: ...``
+        on the leaf, ``= ...`` on an alias). `fc.summary` renders the same table.
 
         Args:
           lr: a base learning rate: adds the ``lr`` column (``lr * coefficient``).
@@ -529,38 +364,13 @@ class Curriculum:
         """
         return _table.render_table(self._index, self._frozen_leaves, self.leaf_coefficients, lr)
 
-    # -- serialisation (plain data, used by fc.save) ---------------------------------
+    # -- serialisation (plain data, used by fc.save) -------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (containers, numbers, strings) for code-free checkpoints.
-
-        A curriculum from ``from_module`` also stores its layer classes (as
-        qualified class names) and tied-weight aliases, so ``keep=`` / ``classes=``
-        and ties work after loading.
-        """
-        out = self._index.to_dict()
-        out["frozen_leaves"] = list(self._frozen_leaves)
-        out["lr_coefficients"] = dict(self._entries)
-        return out
+        """Plain-data form (containers, numbers, strings) for code-free checkpoints; layer
+        classes (qualified names) and tied-weight aliases included."""
+        return _curriculum_dict.to_dict(self._index, self._frozen_leaves, self._entries)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Curriculum:
-        """Inverse of ``to_dict``."""
-        try:
-            index = ParamIndex.from_dict(data)
-        except ValueError as exc:
-            raise ValueError(f"malformed Curriculum record: {exc}") from None
-        frozen = tuple(data["frozen_leaves"])
-        if not all(isinstance(b, bool) for b in frozen):
-            bad = next(b for b in frozen if not isinstance(b, bool))
-            raise ValueError(
-                f"malformed Curriculum record: frozen_leaves holds {bad!r}, not a bool"
-            )
-        if len(frozen) != len(index.paths):
-            raise ValueError("malformed Curriculum record: lengths disagree with the skeleton")
-        entries = {str(k): _check_coefficient(v) for k, v in data["lr_coefficients"].items()}
-        unknown = [k for k in entries if k not in index.leaves_under]
-        if unknown:
-            raise ValueError(
-                f"malformed Curriculum record: coefficient entries for unknown names {unknown}"
-            )
-        return cls._make(index, frozen, entries)
+        """Inverse of ``to_dict`` (``ValueError`` for a malformed record)."""
+        return cls._make(*_curriculum_dict.from_dict(data))

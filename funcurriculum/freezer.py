@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ._classes import NORM_BY_NAME, normalize_classes
+from ._classes import NORM_BY_NAME, describe_classes, normalize_classes
 from ._rule import (
     Span,
     leaf_names,
@@ -13,6 +14,7 @@ from ._rule import (
     name_list,
     unknown_name_error,
 )
+from ._selection import leaves_of_class
 from ._tree import PyTree, close_matches
 from .curriculum import Curriculum
 
@@ -155,7 +157,14 @@ class Freezer(Span):
             raise ValueError(f"{self!r} selects no parameter once the exclusions are applied")
         if self.keep is not None:
             # Kept layers may empty the selection: that is the user's explicit choice.
-            chosen -= cur._leaves_of_class(self.keep)
+            kept = leaves_of_class(cur.index, self.keep)
+            if self.keep and not chosen & kept:
+                warnings.warn(
+                    f"Freezer keep={describe_classes(normalize_classes(self.keep, 'keep'))} "
+                    "keeps nothing: no layer of those classes holds a selected parameter",
+                    stacklevel=3,
+                )
+            chosen -= kept
         return frozenset(chosen)
 
     def select(self, params: PyTree | Curriculum) -> list[str]:
@@ -180,4 +189,4 @@ class Freezer(Span):
         return self.active(step, epoch)
 
     def apply_phase(self, cur: Curriculum, resolved: Any, phase: Any) -> Curriculum:
-        return cur._with_frozen(set(resolved), True) if phase else cur
+        return cur.set_frozen_leaves(resolved) if phase else cur

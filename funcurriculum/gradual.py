@@ -134,4 +134,4 @@ class GradualUnfreeze(Rule):
         held: set[int] = set()
         for s in resolved[phase:]:
             held |= s
-        return cur._with_frozen(held, True) if held else cur
+        return cur.set_frozen_leaves(held) if held else cur

@@ -219,6 +219,20 @@ class ParamIndex:
                 out.add(i)
         return frozenset(out)
 
+    def maximal_names(self, flags: Sequence[bool]) -> frozenset[str]:
+        """The maximal names whose leaves are all flagged: a name (layer or leaf path)
+        is listed when every leaf under it is flagged and not every leaf under its
+        parent is. With per-leaf frozen flags this is ``Curriculum.frozen``.
+
+        Args:
+          flags: one bool per leaf, in traversal order.
+
+        Returns:
+          A frozenset of names.
+        """
+        full = {n for n in self.nodes if all(flags[i] for i in self.leaves_under[n])}
+        return frozenset(n for n in full if self.parent(n) not in full)
+
     def skeleton(self) -> PyTree:
         """Params' container structure with leaf indices as leaves (plain data)."""
         return unflatten(self.spec, range(len(self.paths)))

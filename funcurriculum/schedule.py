@@ -56,7 +56,10 @@ class Schedule:
                 )
         self._base = base
         self._rules = tuple(rules)
-        self._resolved = tuple(r.resolve(base) for r in rules)
+        resolved = []
+        for r in rules:  # a loop, not a generator: rules' warnings point at the caller
+            resolved.append(r.resolve(base))
+        self._resolved = tuple(resolved)
         self._cache: dict[tuple[Hashable, ...], Curriculum] = {}
 
     @property
@@ -118,7 +121,7 @@ def _names(cur: Curriculum, leaves: set[int]) -> list[str]:
     if not leaves:
         return []
     flags = tuple(i in leaves for i in range(len(cur.paths)))
-    covered = Curriculum._make(cur.index, flags, {}).frozen
+    covered = cur.index.maximal_names(flags)
     return [n for n in cur.index.nodes if n in covered]
 
 

@@ -4,8 +4,11 @@ modules with buffers, and timm's / BERT recipes' LLRD pinned by golden tables.""
 
 from __future__ import annotations
 
+import ast
 import copy
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -360,3 +363,137 @@ def test_from_requires_grad_round_trips_through_save(tmp_path):
     back = fc.load(tmp_path / "c.pt")["cur"]
     assert back == cur and back.tied == cur.tied and back.module_classes == cur.module_classes
     assert back.freeze("encoder", keep=fc.NORM_LAYERS) == cur.freeze("encoder", keep=fc.NORM_LAYERS)
+
+
+# -- peft's modules_to_save guard, without peft ---------------------------------------------
+class ModulesToSaveWrapper(nn.Module):  # peft's class name and layout: the guard keys on them
+    def __init__(self, module):
+        super().__init__()
+        self.original_module = module
+        self.modules_to_save = nn.ModuleDict({"default": copy.deepcopy(module)})
+
+
+def test_modules_to_save_original_stays_frozen_without_peft():
+    m = nn.Sequential(nn.Linear(2, 2), ModulesToSaveWrapper(nn.Linear(2, 1)))
+    m[0].requires_grad_(False)
+    m[1].original_module.requires_grad_(False)
+    cur = fc.Curriculum.from_requires_grad(m)
+    orig, trained = "1.original_module.weight", "1.modules_to_save.default.weight"
+    assert not cur.masks[orig] and cur.masks[trained]
+    with pytest.warns(UserWarning, match=r"original_module.*left frozen") as rec:
+        broad = cur.unfreeze(".*")
+    assert rec[0].filename == __file__  # the warning points at the caller
+    assert not broad.masks[orig] and not broad.masks["1.original_module.bias"]
+    assert broad.masks["0.weight"] and broad.masks[trained]
+    with pytest.warns(UserWarning, match=r"unfreeze\(classes=\.\.\.\)"):
+        assert not cur.unfreeze(classes=nn.Linear).masks[orig]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cur.unfreeze("1.original_module").masks[orig]  # named: unfrozen, no warning
+        assert cur.unfreeze(r"1\.original_module\.weight").masks[orig]
+
+
+# -- warnings point at the user's line -------------------------------------------------------
+def test_convention_warnings_point_at_the_caller():
+    m = nn.Sequential(Conv1D(4, 4), nn.Linear(4, 4), FooRMSNorm(4))
+    cur = fc.Curriculum.from_module(m)
+    calls = [
+        lambda: cur.select_by_class(nn.Linear),
+        lambda: cur.freeze(classes=nn.Linear),
+        lambda: cur.set_lr_coefficient(0.5, classes=nn.Linear),
+        lambda: cur.freeze("0", keep=fc.NORM_LAYERS),
+        lambda: fc.Freezer(names="0", keep=fc.NORM_LAYERS).select(cur),
+        lambda: fc.Schedule(cur, fc.Freezer(names="0", keep=fc.NORM_LAYERS)),
+    ]
+    for call in calls:
+        with pytest.warns(UserWarning) as rec:
+            call()
+        assert [w.filename for w in rec] == [__file__], [str(w.message) for w in rec]
+
+
+def test_freezer_keep_that_keeps_nothing_warns():
+    cur = fc.Curriculum.from_module(net())
+    with pytest.warns(UserWarning, match="keeps nothing"):
+        sched = fc.Schedule(cur, fc.Freezer(names="0", keep=fc.NORM_LAYERS))
+    assert sched.at(step=0) == cur.freeze("0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fc.Schedule(cur, fc.Freezer(patterns=".*", keep=fc.NORM_LAYERS))  # keeps FooRMSNorm
+        fc.Schedule(cur, fc.Freezer(names="0", keep=()))  # explicitly nothing
+
+
+# -- the facade's index-level API ------------------------------------------------------------
+def test_set_frozen_leaves_and_maximal_names():
+    cur = fc.Curriculum.from_module(BertStyle(head="lm"))
+    ix = cur.index
+    names = ["embeddings", r"encoder\.layer\.0\.attention"]
+    leaves = ix.leaves_of(cur.select(names))
+    by_index = cur.set_frozen_leaves(leaves)
+    assert by_index == cur.freeze(names)
+    assert ix.maximal_names(by_index.frozen_leaves) == by_index.frozen
+    assert by_index.set_frozen_leaves(leaves, frozen=False) == cur
+    assert ix.maximal_names([False] * len(ix.paths)) == frozenset()
+    assert ix.maximal_names([True] * len(ix.paths)) == set(cur.select(r"[^.]+"))
+    for bad in (len(ix.paths), -1, True, 0.0):
+        with pytest.raises(ValueError, match="not a leaf index"):
+            cur.set_frozen_leaves([bad])
+
+
+# -- structure: one concept per module, no private reads, no hidden cycles -----------------
+PKG = Path(fc.__file__).parent
+PRIVATE = re.compile(
+    r"\b(?!self\b|cls\b|obj\b)\w+\._(index|frozen_leaves|entries|make|with|init|key)\b"
+)
+
+
+def test_nothing_outside_curriculum_reads_its_private_state():
+    offenders = []
+    for path in sorted(PKG.rglob("*.py")):
+        if path.name == "curriculum.py":
+            continue
+        for k, line in enumerate(path.read_text().splitlines(), 1):
+            if PRIVATE.search(line):
+                offenders.append(f"{path.relative_to(PKG)}:{k}: {line.strip()}")
+    assert not offenders, offenders
+
+
+def _function_level_imports(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom) and (
+                    sub.level or "funcurriculum" in (sub.module or "")
+                ):
+                    out.append(f"{path.name}:{sub.lineno} from {'.' * sub.level}{sub.module}")
+    return out
+
+
+def test_curriculum_modules_import_at_top_level_only():
+    """No function-level import hides a cycle between curriculum.py and the modules around it."""
+    files = [
+        "curriculum.py",
+        "modules.py",
+        "param_index.py",
+        "inspection.py",
+        "_selection.py",
+        "_resolve.py",
+        "_coeffs.py",
+        "_groups.py",
+        "_table.py",
+        "_curriculum_dict.py",
+        "_classes.py",
+        "freezer.py",
+        "gradual.py",
+        "schedule.py",
+        "coefficients.py",
+    ]
+    found = [imp for f in files for imp in _function_level_imports(PKG / f)]
+    assert not found, found
+    src = (PKG / "curriculum.py").read_text()
+    assert "modules" not in {
+        a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) for a in n.names
+    }
+    # one table renderer: the column names are spelled in _table.py only
+    spelled = [p.name for p in PKG.rglob("*.py") if '"coeff"' in p.read_text()]
+    assert spelled == ["_table.py"], spelled

@@ -169,6 +169,29 @@ def test_param_groups_no_decay_split_matches_weight_decay_mask():
     assert sum(len(g["params"]) for g in groups) == len(cur.paths)
 
 
+def test_bert_llrd_groups_equal_the_hand_written_recipe():
+    """The usual hand-written grouping (revisit-bert-finetuning's
+    get_optimizer_grouped_parameters), param by param, against ours by HF's names."""
+    model, lr, d, wd, L = bert(), 1e-3, 0.8, 0.01, 2
+    want = {}
+    for n, _ in model.named_parameters():
+        if n.startswith("bert.embeddings."):
+            scale = d ** (L + 1)
+        elif n.startswith("bert.encoder.layer."):
+            scale = d ** (L - int(n.split(".")[3]))
+        else:  # pooler, classifier
+            scale = 1.0
+        no_wd = n.endswith(".bias") or "LayerNorm.weight" in n
+        want[n] = (lr * scale, 0.0 if no_wd else wd)
+    groups = _bert_llrd(fc.Curriculum.from_module(model)).param_groups(
+        model, lr, named=True, weight_decay=wd, weight_decay_mask=no_decay
+    )
+    got = {n: (g["lr"], g["weight_decay"]) for g in groups for n, _ in g["params"]}
+    assert list(got) != [] and set(got) == set(want)
+    for n in want:
+        assert got[n] == pytest.approx(want[n], rel=1e-12), n
+
+
 # -- GPT-2 (tied head) -----------------------------------------------------------------
 def gpt2(seed: int = 0):
     cfg = transformers.GPT2Config(
@@ -344,6 +367,15 @@ def test_peft_modules_to_save_original_stays_frozen():
     assert not broad.masks[orig] and broad.masks["base_model.model.model.norm.weight"]
     explicit = cur.unfreeze("base_model.model.lm_head.original_module")
     assert explicit.masks[orig]
+    # a regex that reaches every name does not name the original: still guarded
+    with pytest.warns(UserWarning, match="original_module"):
+        everything = cur.unfreeze(".*")
+    assert not everything.masks[orig] and all(
+        v for k, v in everything.masks.items() if ".original_module." not in k
+    )
+    with pytest.warns(UserWarning, match="original_module"):
+        linears = cur.unfreeze(classes=torch.nn.Linear)
+    assert not linears.masks[orig] and linears.masks[copy_]
 
 
 # -- ensembles of real models ----------------------------------------------------------

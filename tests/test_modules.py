@@ -719,8 +719,10 @@ def test_alias_and_canonical_names_act_alike(ops):
 
 def test_leaves_of_class_for_prefix_selections():
     """The rule a prefix-based Freezer uses for keep=: leaves with a kept layer above them."""
+    from funcurriculum._selection import leaves_of_class
+
     cur = fc.Curriculum.from_module(Net())
-    idx = cur._leaves_of_class(fc.NORM_LAYERS)
+    idx = leaves_of_class(cur.index, fc.NORM_LAYERS)
     assert [cur.paths[i] for i in sorted(idx)] == [
         "backbone.1.weight",
         "backbone.1.bias",
@@ -732,4 +734,8 @@ def test_leaves_of_class_for_prefix_selections():
         "head.1.bias",
     ]
     with pytest.raises(ValueError, match="from_module"):
-        fc.Curriculum(dict(Net().named_parameters()))._leaves_of_class(nn.LayerNorm)
+        leaves_of_class(fc.Curriculum(dict(Net().named_parameters())).index, nn.LayerNorm)
+    with pytest.raises(ValueError, match="from_module"):  # the same check, through a Freezer
+        fc.Freezer(name_starts_with="backbone", keep=nn.LayerNorm).select(
+            fc.Curriculum(dict(Net().named_parameters()))
+        )
