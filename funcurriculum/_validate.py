@@ -227,14 +227,27 @@ def plain_leaf(p: Any, g: Any, bufs: Sequence[Any]) -> bool:
         or not (p.is_cpu and g.is_cpu or p.is_cuda and g.is_cuda and g.device == p.device)
     ):
         return False
+    shaped = []
     for b in bufs:
-        if type(b) not in _PLAIN or b.shape != p.shape or b.dtype != p.dtype:
+        if type(b) not in _PLAIN or b.device != p.device:
             return False
-        if b.device != p.device:
+        if b.shape != p.shape:
+            # a buffer of the rule's own shape (factored moments, a 0-d product):
+            # contiguous, any dtype; the engines that walk raw memory check leaf_shaped
+            if b.numel() == 0 or not b.is_contiguous() or b.layout != torch.strided:
+                return False
+            continue
+        if b.dtype != p.dtype:
             return False
-    if p.is_contiguous() and g.is_contiguous() and all(b.is_contiguous() for b in bufs):
+        shaped.append(b)
+    if p.is_contiguous() and g.is_contiguous() and all(b.is_contiguous() for b in shaped):
         return True
-    return _dense(p) and g.stride() == p.stride() and all(b.stride() == p.stride() for b in bufs)
+    return _dense(p) and g.stride() == p.stride() and all(b.stride() == p.stride() for b in shaped)
+
+
+def leaf_shaped(p: Tensor, bufs: Sequence[Any]) -> bool:
+    """Every buffer has the leaf's shape (flat slices of the leaf slice them alike)."""
+    return all(b.shape == p.shape for b in bufs)
 
 
 def _dense(p: Tensor) -> bool:

@@ -4,6 +4,7 @@ them: one group, counts already incremented, a shared lr."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 
 import pytest
@@ -71,3 +72,33 @@ def test_kernel_equals_reference_step(case, dtype, maximize):
             torch.testing.assert_close(ps[i], ref_ps[i], **tol, msg=f"param {i} at {step}")
             for col, ref_col in zip(bufs, ref_bufs):
                 torch.testing.assert_close(col[i], ref_col[i], **tol, msg=f"buf {i} at {step}")
+
+
+@pytest.mark.parametrize("name", ["nadam", "adafactor"])
+@pytest.mark.parametrize("donate", [False, True])
+def test_buffers_not_shaped_like_the_leaf_still_take_the_kernel(name, donate):
+    """NAdam's 0-d ``mu_product`` and Adafactor's factored moments once sent every leaf to
+    the reference engine (their kernel never ran): the kernel runs, with its results."""
+    import dataclasses
+
+    import funcurriculum as fc
+
+    opt = getattr(fc, name)(1e-2)
+    calls = []
+    inner = opt.kernels.inplace
+
+    def counting(*a, **k):
+        calls.append(1)
+        return inner(*a, **k)
+
+    fast = copy.copy(opt)
+    fast.kernels = dataclasses.replace(opt.kernels, inplace=counting)
+    g = torch.Generator().manual_seed(0)
+    p = {"w": torch.randn(3000, 40, generator=g), "v": torch.randn(5, 7, generator=g)}
+    grads = {k: torch.randn(v.shape, generator=g) for k, v in p.items()}
+    ref_p, ref_s = opt.with_engine("reference").update(p, grads, opt.init(p))
+    q = {k: v.clone() for k, v in p.items()}
+    new_p, new_s = fast.update(q, grads, fast.init(q), donate=donate)
+    assert calls
+    for k in p:
+        torch.testing.assert_close(new_p[k], ref_p[k], rtol=1e-6, atol=1e-7)

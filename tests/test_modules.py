@@ -124,7 +124,8 @@ def test_keep_variants():
     assert base.freeze("backbone.1", keep=fc.NORM_LAYERS) == base
     assert base.freeze("backbone.1.weight", keep=fc.NORM_LAYERS) == base
     # a kept class *above* the selected layer does not count
-    sub = base.freeze("backbone.3.0", keep=nn.Sequential)
+    with pytest.warns(UserWarning, match="keeps nothing"):
+        sub = base.freeze("backbone.3.0", keep=nn.Sequential)
     assert sub == base.freeze("backbone.3.0")
     with pytest.raises(TypeError, match="keep"):
         base.freeze("backbone", keep=3)
@@ -270,7 +271,8 @@ def test_conflicting_keep_through_two_names_raises():
     msg = str(e.value)
     assert "'embed.weight'" in msg and "'decoder.weight'" in msg and "Embedding" in msg
     # one name per call is unambiguous
-    assert cur.freeze("decoder", keep=nn.Embedding).masks["embed.weight"] is False
+    with pytest.warns(UserWarning, match="keeps nothing"):
+        assert cur.freeze("decoder", keep=nn.Embedding).masks["embed.weight"] is False
     assert cur.freeze("embed", keep=nn.Embedding).masks["embed.weight"] is True
     # both names agreeing: fine
     assert cur.freeze(["embed", "decoder"], keep=(nn.Embedding, nn.Linear)) == cur

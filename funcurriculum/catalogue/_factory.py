@@ -159,7 +159,8 @@ def plain_float(p: Tensor) -> bool:
 
 def torch_foreach(fn: Callable[..., None], buffers: Callable[..., Any] | None = None):
     """torch.optim's functional implementation ``fn`` (``torch.optim.nadam.nadam``, ...)
-    with ``foreach=True`` as a rule's in-place kernel.
+    as a rule's in-place kernel: ``foreach=True`` on CUDA, the for-loop on CPU (torch's
+    default choice).
 
     The rule's dataclass fields that ``fn`` takes as keywords (``beta1``, ``eps``, ...)
     are passed by name; the buffers in the rule's field order, or as ``buffers(rule, ps,
@@ -176,7 +177,7 @@ def torch_foreach(fn: Callable[..., None], buffers: Callable[..., Any] | None = 
       >>> from torch.optim.adamax import adamax
       >>> kernel = torch_foreach(adamax)
       >>> kernel.__doc__.split(":")[0]
-      "torch.optim's adamax (foreach=True) in place on one group"
+      "torch.optim's adamax (foreach on CUDA) in place on one group"
     """
     takes = set(inspect.signature(fn).parameters)
     cache: dict[Any, dict[str, Any]] = {}
@@ -187,10 +188,13 @@ def torch_foreach(fn: Callable[..., None], buffers: Callable[..., Any] | None = 
             fields = dataclasses.fields(rule)
             hp = cache[rule] = {f.name: getattr(rule, f.name) for f in fields if f.name in takes}
         lists = bufs if buffers is None else buffers(rule, ps, bufs)
-        fn(ps, gs, *lists, torch_steps(counts), foreach=True, maximize=maximize, lr=lr, **hp)
+        # torch's own default: the multi-tensor implementation on CUDA, the for-loop one
+        # on CPU (faster there: in place, no intermediate lists; docs/performance.md)
+        foreach = ps[0].device.type == "cuda"
+        fn(ps, gs, *lists, torch_steps(counts), foreach=foreach, maximize=maximize, lr=lr, **hp)
 
     inplace.__doc__ = (
-        f"torch.optim's {fn.__name__} (foreach=True) in place on one group: "
+        f"torch.optim's {fn.__name__} (foreach on CUDA) in place on one group: "
         "counts already incremented, one lr"
     )
     return inplace

@@ -35,9 +35,19 @@ class LionRule(LeafShaped):
 
 
 def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
-    """Lion as multi-tensor (foreach) ops, in place on one group (same arithmetic as
-    `LionRule.step`)."""
+    """Lion in place on one group, the arithmetic of `LionRule.step`: multi-tensor
+    (foreach) ops on CUDA, a for-loop of in-place ops on CPU."""
     (ms,) = bufs
+    if ps[0].device.type != "cuda":  # CPU: a for-loop of in-place ops (fewer temporaries)
+        for p, g, m in zip(ps, gs, ms):
+            g = -g if maximize else g
+            u = g * (1 - rule.beta1)
+            u.add_(m * rule.beta1).sign_()
+            m.mul_(rule.beta2).add_(g * (1 - rule.beta2))
+            if rule.weight_decay != 0:
+                u.add_(p * rule.weight_decay)
+            p.sub_(u.mul_(lr.to(p.dtype) if isinstance(lr, Tensor) else lr))
+        return
     if maximize:
         gs = torch._foreach_neg(gs)
     u = torch._foreach_mul(gs, 1 - rule.beta1)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .._counts import first_flags
+from .._validate import leaf_shaped
 from . import Job, keep_flag
 
 Tensor = torch.Tensor
@@ -98,7 +99,11 @@ def _pure_waves(job: Job, idx: Sequence[int], first: dict[int, bool]) -> None:
     for i in idx:
         p, g = leaves[i], grads[i]
         olds = [b[i] for b in cols]
-        if p.numel() > wave and all(t.is_contiguous() for t in (p, g, *olds)):
+        if (
+            p.numel() > wave
+            and leaf_shaped(p, olds)
+            and all(t.is_contiguous() for t in (p, g, *olds))
+        ):
             # a big leaf: fresh buffers, then copy + update one flat slice at a time
             new_p = torch.empty_like(p, memory_format=torch.contiguous_format)
             news = [torch.empty_like(b, memory_format=torch.contiguous_format) for b in olds]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import leaf_shaped
 from . import Job, keep_flag
 from .reference import leaf_step
 
@@ -27,7 +28,7 @@ def run(job: Job, *, elementwise: bool) -> None:
             p, g = job.leaves[i], job.grads[i]
             bufs = tuple(b[i] for b in job.cols)
             count, lr = job.counts[i], job.lr_of[i]
-            whole = not all(t.is_contiguous() for t in (p, g, *bufs))
+            whole = not leaf_shaped(p, bufs) or not all(t.is_contiguous() for t in (p, g, *bufs))
             if not elementwise or p.numel() <= wave or whole:
                 new_p, new_bufs = leaf_step(rule, p, g, bufs, count, lr, job.maximize)
                 if job.donate and _fits(new_p, p, new_bufs, bufs):

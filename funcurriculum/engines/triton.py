@@ -44,7 +44,7 @@ def accepts(p: Tensor, g: Tensor, bufs: list[Tensor]) -> bool:
         p.dtype in tk._DTYPES
         and p.is_contiguous()
         and g.is_contiguous()
-        and all(b.is_contiguous() for b in bufs)
+        and all(b.is_contiguous() and b.shape == p.shape for b in bufs)
     )
 
 
