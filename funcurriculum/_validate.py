@@ -274,25 +274,30 @@ def check_no_aliasing(groups: Sequence[tuple[str, Sequence[tuple[str, Tensor]]]]
     written tensors whose byte ranges overlap (one tensor at two keys, overlapping views,
     moment buffers shared after loading) would be updated twice.
     """
-    spans: list[tuple[int, int, str]] = []
-    for kind, items in groups:
-        for path, t in items:
-            n = t.numel()
-            if n == 0:
+    groups = [(kind, list(items)) for kind, items in groups]
+    spans: list[tuple[int, int, int, int]] = []  # (start, end, group, item): named on error
+    for gi, (_, items) in enumerate(groups):
+        for ii, (_, t) in enumerate(items):
+            if t.numel() == 0:
                 continue
             start = t.data_ptr()
-            spans.append((start, start + _extent(t), f"{kind} {path!r}"))
+            spans.append((start, start + _extent(t), gi, ii))
     spans.sort()
-    end, a = -1, ""
-    for s1, e1, b in spans:
+    end, a = -1, None
+    for s1, e1, gi, ii in spans:
         if s1 < end:
             raise ValueError(
-                f"donate=True: {a} and {b} share memory, so an in-place update would write "
-                "it twice; pass distinct tensors (e.g. clone tied or loaded buffers) or use "
-                "the pure update (donate=False)"
+                f"donate=True: {_named(groups, *a)} and {_named(groups, gi, ii)} share "
+                "memory, so an in-place update would write it twice; pass distinct tensors "
+                "(e.g. clone tied or loaded buffers) or use the pure update (donate=False)"
             )
         if e1 > end:
-            end, a = e1, b
+            end, a = e1, (gi, ii)
+
+
+def _named(groups: Sequence[tuple[str, Sequence[tuple[str, Tensor]]]], gi: int, ii: int) -> str:
+    kind, items = groups[gi]
+    return f"{kind} {items[ii][0]!r}"
 
 
 def _extent(t: Tensor) -> int:
