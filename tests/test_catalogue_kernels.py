@@ -13,14 +13,14 @@ import torch
 import funcurriculum as fc
 
 KERNELS = {
-    "rmsprop": "_foreach_inplace",
+    "rmsprop": "_inplace",
     "adagrad": "_fused_inplace",
-    "adamax": "_foreach_inplace",
-    "nadam": "_foreach_inplace",
-    "radam": "_foreach_inplace",
-    "adadelta": "_foreach_inplace",
-    "adafactor": "_foreach_inplace",
-    "lion": "_foreach_inplace",
+    "adamax": "_inplace",
+    "nadam": "_inplace",
+    "radam": "_inplace",
+    "adadelta": "_inplace",
+    "adafactor": "_inplace",
+    "lion": "_inplace",
 }
 CASES = [
     ("rmsprop", {}),

@@ -11,7 +11,7 @@ from torch.optim.adadelta import adadelta as _torch_adadelta
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
 from ._common import LeafShaped, cast, decay
-from ._factory import Catalogued, torch_foreach
+from ._factory import Catalogued, torch_kernel
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class AdadeltaRule(LeafShaped):
         return p - cast(lr, p) * delta, (sq, acc)
 
 
-_foreach_inplace = torch_foreach(_torch_adadelta)
-_SPEC = Catalogued("adadelta", AdadeltaRule, inplace=_foreach_inplace)
+_inplace = torch_kernel(_torch_adadelta)
+_SPEC = Catalogued("adadelta", AdadeltaRule, inplace=_inplace)
 
 
 def adadelta(

@@ -12,7 +12,7 @@ from torch.optim._adafactor import adafactor as _torch_adafactor
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
 from ._common import cast, lr64, refuse_complex, step64, zeros
-from ._factory import Catalogued, eps_pair, torch_foreach
+from ._factory import Catalogued, eps_pair, torch_kernel
 
 Tensor = torch.Tensor
 
@@ -82,12 +82,12 @@ def _torch_buffers(rule, ps, bufs):
     )
 
 
-_foreach_inplace = torch_foreach(_torch_adafactor, _torch_buffers)
+_inplace = torch_kernel(_torch_adafactor, _torch_buffers)
 _SPEC = Catalogued(
     "adafactor",
     AdafactorRule,
     elementwise=False,
-    inplace=_foreach_inplace,
+    inplace=_inplace,
     checks={"eps": eps_pair},
 )
 

@@ -11,7 +11,7 @@ from torch.optim.adamax import adamax as _torch_adamax
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
 from ._common import LeafShaped, cast, decay, step64
-from ._factory import Catalogued, torch_foreach
+from ._factory import Catalogued, torch_kernel
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class AdamaxRule(LeafShaped):
         return p - clr * (m / u), (m, u)
 
 
-_foreach_inplace = torch_foreach(_torch_adamax)
-_SPEC = Catalogued("adamax", AdamaxRule, inplace=_foreach_inplace)
+_inplace = torch_kernel(_torch_adamax)
+_SPEC = Catalogued("adamax", AdamaxRule, inplace=_inplace)
 
 
 def adamax(

@@ -1,10 +1,10 @@
 """The catalogue's one factory: a factory's keywords checked in one place, its rule built
-from them and its `Optimizer` returned; and torch.optim's functional multi-tensor
-implementations as a rule's in-place kernel.
+from them and its `Optimizer` returned; and torch.optim's functional implementations as a
+rule's in-place kernel.
 
 A catalogue module is its rule, its kernel and a factory whose body is one call::
 
-    _SPEC = Catalogued("adamax", AdamaxRule, inplace=torch_foreach(_torch_adamax))
+    _SPEC = Catalogued("adamax", AdamaxRule, inplace=torch_kernel(_torch_adamax))
 
     def adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
                maximize=False, differentiable=False, weight_decay_mask=None):
@@ -136,7 +136,7 @@ def check_keywords(
     return fields
 
 
-# -- torch.optim's multi-tensor implementations as in-place kernels ----------------------------
+# -- torch.optim's functional implementations as in-place kernels ------------------------------
 
 
 def torch_steps(counts: list[Tensor]) -> list[Tensor]:
@@ -157,7 +157,7 @@ def plain_float(p: Tensor) -> bool:
     return p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
 
 
-def torch_foreach(fn: Callable[..., None], buffers: Callable[..., Any] | None = None):
+def torch_kernel(fn: Callable[..., None], buffers: Callable[..., Any] | None = None):
     """torch.optim's functional implementation ``fn`` (``torch.optim.nadam.nadam``, ...)
     as a rule's in-place kernel: ``foreach=True`` on CUDA, the for-loop on CPU (torch's
     default choice).
@@ -175,7 +175,7 @@ def torch_foreach(fn: Callable[..., None], buffers: Callable[..., Any] | None = 
 
     Example:
       >>> from torch.optim.adamax import adamax
-      >>> kernel = torch_foreach(adamax)
+      >>> kernel = torch_kernel(adamax)
       >>> kernel.__doc__.split(":")[0]
       "torch.optim's adamax (foreach on CUDA) in place on one group"
     """

@@ -34,7 +34,7 @@ class LionRule(LeafShaped):
         return p - cast(lr, p) * u, (m,)
 
 
-def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+def _inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
     """Lion in place on one group, the arithmetic of `LionRule.step`: multi-tensor
     (foreach) ops on CUDA, a for-loop of in-place ops on CPU."""
     (ms,) = bufs
@@ -63,7 +63,7 @@ def _foreach_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None
         torch._foreach_sub_(ps, torch._foreach_mul(u, lr))
 
 
-_SPEC = Catalogued("lion", LionRule, inplace=_foreach_inplace)
+_SPEC = Catalogued("lion", LionRule, inplace=_inplace)
 
 
 def lion(

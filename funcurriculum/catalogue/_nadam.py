@@ -11,7 +11,7 @@ from torch.optim.nadam import nadam as _torch_nadam
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
 from ._common import cast, decay, step64, zeros
-from ._factory import Catalogued, torch_foreach
+from ._factory import Catalogued, torch_kernel
 
 Tensor = torch.Tensor
 
@@ -55,9 +55,9 @@ class NAdamRule:
         return p, (m, v, mu_product)
 
 
-_foreach_inplace = torch_foreach(_torch_nadam)
+_inplace = torch_kernel(_torch_nadam)
 # not elementwise: mu_product is a 0-d buffer per leaf, not shaped like the leaf
-_SPEC = Catalogued("nadam", NAdamRule, elementwise=False, inplace=_foreach_inplace)
+_SPEC = Catalogued("nadam", NAdamRule, elementwise=False, inplace=_inplace)
 
 
 def nadam(

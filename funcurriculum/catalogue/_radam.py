@@ -11,7 +11,7 @@ from torch.optim.radam import radam as _torch_radam
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
 from ._common import LeafShaped, cast, decay, step64
-from ._factory import Catalogued, torch_foreach
+from ._factory import Catalogued, torch_kernel
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class RAdamRule(LeafShaped):
         return p - update, (m, v)
 
 
-_foreach_inplace = torch_foreach(_torch_radam)
-_SPEC = Catalogued("radam", RAdamRule, inplace=_foreach_inplace)
+_inplace = torch_kernel(_torch_radam)
+_SPEC = Catalogued("radam", RAdamRule, inplace=_inplace)
 
 
 def radam(

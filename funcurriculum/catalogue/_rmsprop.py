@@ -11,7 +11,7 @@ from torch.optim.rmsprop import rmsprop as _torch_rmsprop
 from ..lr_schedules import Schedule
 from ..optimizer import Optimizer
 from ._common import LeafShaped, cast, decay
-from ._factory import Catalogued, torch_foreach
+from ._factory import Catalogued, torch_kernel
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def _torch_order(rule, ps, bufs):
     return b["square_avg"], b.get("grad_avg", []), b.get("momentum_buffer", [])
 
 
-_foreach_inplace = torch_foreach(_torch_rmsprop, _torch_order)
-_SPEC = Catalogued("rmsprop", RMSpropRule, inplace=_foreach_inplace)
+_inplace = torch_kernel(_torch_rmsprop, _torch_order)
+_SPEC = Catalogued("rmsprop", RMSpropRule, inplace=_inplace)
 
 
 def rmsprop(
