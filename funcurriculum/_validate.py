@@ -97,15 +97,17 @@ def check_members(
 ) -> None:  # fmt: skip
     """Masks and coefficients of `Optimizer.update_members` are shared (Python values,
     0-d tensors) or per member (shape ``(E,)``); counts are per member."""
-    for what, values in (("mask", masks), ("coefficient", coeffs or ()), ("count", counts)):
+    for what, values in (("mask", masks), ("coefficient", coeffs or ())):
         for path, v in zip(paths, values):
             if isinstance(v, Tensor) and tuple(v.shape) not in ((), (e,)):
                 raise ValueError(
                     f"{what} at {path!r} has shape {tuple(v.shape)}: expected () or ({e},) "
                     f"for {e} members"
                 )
-            if what == "count" and not (isinstance(v, Tensor) and tuple(v.shape) == (e,)):
-                raise ValueError(f"count at {path!r} is not per member (shape ({e},))")
+    for path, c in zip(paths, counts):
+        if not (isinstance(c, Tensor) and tuple(c.shape) == (e,)):
+            shape = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+            raise ValueError(f"count at {path!r} has shape {shape}: expected ({e},), per member")
 
 
 def uniform_mask(m: Any) -> Any:

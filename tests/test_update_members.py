@@ -144,6 +144,7 @@ def test_sweep_of_a_non_elementwise_rule_still_runs_under_vmap():
         ("leaf", r"'head.w'.*not stacked over 4 members"),
         ("mask", r"mask at 'body.b' has shape \(3,\)"),
         ("coeff", r"coefficient at 'head.w' has shape \(4, 1\)"),
+        ("count", r"count at 'head.w' has shape \(\): expected \(4,\)"),
     ],
 )
 def test_bad_inputs_are_refused_naming_the_path(bad, match):
@@ -158,8 +159,10 @@ def test_bad_inputs_are_refused_naming_the_path(bad, match):
         p = dict(p, **{"head.w": torch.zeros(3, 2)})
     elif bad == "mask":
         masks = {k: True for k in p} | {"body.b": torch.ones(3, dtype=torch.bool)}
-    else:
+    elif bad == "coeff":
         coeffs = {k: 1.0 for k in p} | {"head.w": torch.ones(E, 1)}
+    else:
+        s["count"] = dict(s["count"], **{"head.w": torch.zeros(())})
     snap = {k: v.clone() for k, v in p.items()}
     with pytest.raises(ValueError, match=match):
         opt.update_members(p, grads, s, masks, coeffs)
