@@ -377,7 +377,9 @@ class Optimizer:
                 ms = [V.uniform_mask(m) for m in ms]
         cols = [list(align(state[f], spec, paths, f"state[{f!r}]")) for f in self.rule.fields]
         # (a callable weight_decay_mask sees one member's params, as under vmap)
-        one = params if members is None else unflatten(spec, [p[0] for p in leaves])
+        one = params
+        if members is not None and callable(self.weight_decay_mask):
+            one = unflatten(spec, [p[0] for p in leaves])
         no_decay = self._no_decay_flags(one, spec, paths)
 
         # 1. validate every trainable leaf (nothing is written before this is done)
