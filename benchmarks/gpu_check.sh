@@ -36,4 +36,7 @@ done
 timeout 60 python benchmarks/bench_generic.py --device cuda --params 2e8 --leaves 200 \
   --rounds 4 --iters 5 | tail -1 || status=1
 timeout 60 python benchmarks/bench_vmap.py --device cuda | tail -1 || status=1
+# the catalogue: each optimizer against torch's fastest implementation (one line each)
+timeout 120 python benchmarks/bench_catalogue.py --device cuda --params 4e7 --leaves 40 \
+  --rounds 4 --iters 5 | grep vs_fastest || status=1
 exit $status

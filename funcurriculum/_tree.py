@@ -32,8 +32,41 @@ def flatten(tree: PyTree) -> tuple[list[Any], Any]:
         spec = _walk(tree, leaves)
         if spec is not _UNKNOWN:
             return leaves, spec
+    elif type(tree) is dict:
+        # the common tree, ``{"layer.weight": tensor, ...}`` (params, grads, masks,
+        # coefficients, state columns): its leaves are its values and its spec depends on
+        # its keys only, so the spec is cached by keys (optree takes ~9 µs on 40 leaves;
+        # an update flattens five such trees)
+        leaves = list(tree.values())
+        if _FLAT_LEAVES.issuperset(map(type, leaves)):
+            keys = tuple(tree)
+            spec = _FLAT_SPECS.get(keys)
+            if spec is None and _STR.issuperset(map(type, keys)):
+                spec = _flat_spec(keys)
+            if spec is not None:
+                return leaves, spec
+    return _optree_flatten(tree)
+
+
+def _optree_flatten(tree: PyTree) -> tuple[list[Any], Any]:
     with optree.dict_insertion_ordered(True, namespace=NAMESPACE):
         return optree.tree_flatten(tree, none_is_leaf=True, namespace=NAMESPACE)
+
+
+# value types that are leaves (never optree nodes) and key types whose tuples compare as
+# the keys do (``(1,) == (True,)``: int keys are left to optree)
+_FLAT_LEAVES = frozenset({torch.Tensor, torch.nn.Parameter, type(None), bool, int, float})
+_STR = frozenset({str})
+_FLAT_SPECS: dict[tuple[str, ...], Any] = {}
+
+
+def _flat_spec(keys: tuple[str, ...]) -> Any:
+    """The spec of a flat dict with ``keys`` (leaf values), cached (a bounded cache: a
+    program that builds trees with ever-new keys clears it now and then)."""
+    if len(_FLAT_SPECS) >= 1024:
+        _FLAT_SPECS.clear()
+    spec = _FLAT_SPECS[keys] = _optree_flatten(dict.fromkeys(keys))[1]
+    return spec
 
 
 def unflatten(spec: Any, leaves: Iterable[Any]) -> PyTree:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ import torch
 Tensor = torch.Tensor
 
 _FLOAT_KINDS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_STRIDED = torch.strided
 
 
 def functorch_active() -> bool:
@@ -59,7 +60,12 @@ def masks_of(masks_l: Sequence[Any] | None, paths: Sequence[str], dynamic: bool)
     """Every mask leaf validated (``None`` masks: all trainable)."""
     if masks_l is None:
         return [True] * len(paths)
+    if _BOOL.issuperset(map(type, masks_l)):  # (the common case: all Python bools)
+        return list(masks_l)
     return [mask_value(m, p, dynamic) for m, p in zip(masks_l, paths)]
+
+
+_BOOL = frozenset({bool})
 
 
 def nonneg_real(x: Any, what: str, kinds: str) -> float:
@@ -217,34 +223,57 @@ def check_leaf(path: str, p: Any, g: Any, bufs: Sequence[Any], like: Sequence[bo
 def plain_leaf(p: Any, g: Any, bufs: Sequence[Any]) -> bool:
     """Cheap test that a trainable leaf is valid, on CPU / CUDA, with grad and buffers of
     its shape, dtype and one dense memory layout (then ``check_leaf`` is not needed,
-    and every engine can take it: the fused kernels walk raw memory)."""
+    and every engine can take it: the fused kernels walk raw memory).
+
+    Runs once per leaf and update, so it reads each attribute once (dtypes and layouts
+    are singletons: compared with ``is``)."""
     if type(p) not in _PLAIN or type(g) not in _PLAIN:
         return False
+    shape, dtype = p.shape, p.dtype
     if (
-        g.shape != p.shape
-        or g.dtype != p.dtype
-        or p.dtype not in _FLOAT_KINDS
-        or p.layout != torch.strided
-        or g.layout != torch.strided
-        or not (p.is_cpu and g.is_cpu or p.is_cuda and g.is_cuda and g.device == p.device)
+        dtype not in _FLOAT_KINDS
+        or g.dtype is not dtype
+        or p.layout is not _STRIDED
+        or g.layout is not _STRIDED
+        or g.shape != shape
     ):
         return False
-    shaped = []
-    for b in bufs:
-        if type(b) not in _PLAIN or b.device != p.device:
+    cpu = p.is_cpu
+    if cpu:
+        if not g.is_cpu:
             return False
-        if b.shape != p.shape:
+        index = -1
+    elif p.is_cuda and g.is_cuda:
+        index = p.get_device()
+        if g.get_device() != index:
+            return False
+    else:
+        return False
+    contiguous = p.is_contiguous() and g.is_contiguous()
+    for b in bufs:
+        if (
+            type(b) not in _PLAIN
+            or b.layout is not _STRIDED
+            or not (b.is_cpu if cpu else b.is_cuda and b.get_device() == index)
+        ):
+            return False
+        if b.shape != shape:
             # a buffer of the rule's own shape (factored moments, a 0-d product):
             # contiguous, any dtype; the engines that walk raw memory check leaf_shaped
-            if b.numel() == 0 or not b.is_contiguous() or b.layout != torch.strided:
+            if b.numel() == 0 or not b.is_contiguous():
                 return False
-            continue
-        if b.dtype != p.dtype:
+        elif b.dtype is not dtype:
             return False
-        shaped.append(b)
-    if p.is_contiguous() and g.is_contiguous() and all(b.is_contiguous() for b in shaped):
+        elif contiguous and not b.is_contiguous():
+            contiguous = False
+    if contiguous:
         return True
-    return _dense(p) and g.stride() == p.stride() and all(b.stride() == p.stride() for b in shaped)
+    stride = p.stride()
+    return (
+        _dense(p)
+        and g.stride() == stride
+        and all(b.stride() == stride for b in bufs if b.shape == shape)
+    )
 
 
 def leaf_shaped(p: Tensor, bufs: Sequence[Any]) -> bool:
@@ -269,37 +298,40 @@ def is_plain(t: Any) -> bool:
     return type(t) in _PLAIN
 
 
-def check_no_aliasing(groups: Sequence[tuple[str, Sequence[tuple[str, Tensor]]]]) -> None:
+def check_no_aliasing(
+    tensors: Sequence[Tensor], name: Callable[[int], str], dense: int = 0
+) -> None:
     """Refuse overlapping memory among tensors a donated update writes in place.
 
-    ``groups``: (kind, [(path, tensor), ...]) for params and each state column. Two
-    written tensors whose byte ranges overlap (one tensor at two keys, overlapping views,
-    moment buffers shared after loading) would be updated twice.
+    Two written tensors whose byte ranges overlap (one tensor at two keys, overlapping
+    views, moment buffers shared after loading) would be updated twice.
+
+    Args:
+      tensors: every tensor the update writes (params, counts, each state column).
+      name: ``k -> "params 'a.w'"``: what ``tensors[k]`` is, called only on error.
+      dense: how many leading ``tensors`` the caller knows to be dense (`plain_leaf`
+        said so): their bytes are ``nbytes`` from ``data_ptr``, with no layout test.
+
+    Raises:
+      ValueError: naming the first two tensors found to overlap.
     """
-    groups = [(kind, list(items)) for kind, items in groups]
-    spans: list[tuple[int, int, int, int]] = []  # (start, end, group, item): named on error
-    for gi, (_, items) in enumerate(groups):
-        for ii, (_, t) in enumerate(items):
-            if t.numel() == 0:
-                continue
-            start = t.data_ptr()
-            spans.append((start, start + _extent(t), gi, ii))
-    spans.sort()
-    end, a = -1, None
-    for s1, e1, gi, ii in spans:
-        if s1 < end:
+    starts = [t.data_ptr() for t in tensors]
+    sizes = [t.nbytes for t in tensors[:dense]]
+    sizes += [t.nbytes if t.is_contiguous() else _extent(t) for t in tensors[dense:]]
+    end, last = -1, -1
+    for k in sorted(range(len(starts)), key=starts.__getitem__):
+        size = sizes[k]
+        if not size:
+            continue
+        start = starts[k]
+        if start < end:
             raise ValueError(
-                f"donate=True: {_named(groups, *a)} and {_named(groups, gi, ii)} share "
-                "memory, so an in-place update would write it twice; pass distinct tensors "
-                "(e.g. clone tied or loaded buffers) or use the pure update (donate=False)"
+                f"donate=True: {name(last)} and {name(k)} share memory, so an in-place "
+                "update would write it twice; pass distinct tensors (e.g. clone tied or "
+                "loaded buffers) or use the pure update (donate=False)"
             )
-        if e1 > end:
-            end, a = e1, (gi, ii)
-
-
-def _named(groups: Sequence[tuple[str, Sequence[tuple[str, Tensor]]]], gi: int, ii: int) -> str:
-    kind, items = groups[gi]
-    return f"{kind} {items[ii][0]!r}"
+        if start + size > end:
+            end, last = start + size, k
 
 
 def _extent(t: Tensor) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from . import _validate as V
-from ._counts import increment, zero_counts
+from ._counts import increment, shared_base, zero_counts
 from ._tree import PyTree, align, flatten, spec_paths, unflatten
 from .engines import Job, check_engine, compiled, fused, generic, reference, registry, triton
 from .leaf_rule import Kernels, LeafRule
@@ -383,19 +383,20 @@ class Optimizer:
         no_decay = self._no_decay_flags(one, spec, paths)
 
         # 1. validate every trainable leaf (nothing is written before this is done)
-        active, dyn, plain, lr_of = [], {}, set(), {}
+        active, dyn, plain, lr_of, odd = [], {}, set(), {}, []
         lr = self._lr_at(state, traced)
+        rows = list(zip(*cols)) if cols else [()] * len(leaves)  # each leaf's buffers
         for i, m in enumerate(ms):
             if m is False or (grads_l[i] is None and not isinstance(m, bool)):
                 continue  # (a tensor mask with no grad: frozen in every member, as partition says)
-            p, g = leaves[i], grads_l[i]
-            bufs = [c[i] for c in cols]
+            p, g, bufs = leaves[i], grads_l[i], rows[i]
             if V.plain_leaf(p, g, bufs):
                 plain.add(i)
             else:
                 V.check_leaf(paths[i], p, g, bufs, [_like(b, p) for b in bufs])
+                odd.append(i)
             c = 1.0 if coeffs_l is None else coeffs_l[i]
-            if type(c) is not float or not 0.0 <= c < float("inf"):
+            if type(c) is not float or not 0.0 <= c < _INF:
                 c = V.coeff_value(c, paths[i], transformed)
             if not isinstance(counts[i], Tensor):
                 counts[i] = torch.tensor(float(counts[i]), dtype=torch.float32, device=p.device)
@@ -403,11 +404,22 @@ class Optimizer:
                 dyn[i] = m
             active.append(i)
             lr_of[i] = lr * c
+        shared = None
         if donate:
-            V.check_no_aliasing(_written(active, paths, leaves, cols, counts, self.rule.fields))
+            written = [leaves[i] for i in active]
+            for c in cols:
+                written += [c[i] for i in active]
+            # the counts, when views of one tensor, as that tensor (one span, not one each)
+            written_counts = [counts[i] for i in active]
+            shared = shared_base(written_counts)
+            dense = 0 if odd else len(written)  # (plain leaves: dense params and buffers)
+            written += written_counts if shared is None else [shared]
+            V.check_no_aliasing(
+                written, _written_name(active, paths, self.rule.fields, shared is not None), dense
+            )
 
         # 2. complex leaves as real pairs (views: in-place kernels write through them)
-        cplx = [i for i in active if leaves[i].is_complex()]
+        cplx = [i for i in odd if leaves[i].is_complex()]  # (plain leaves are real)
         originals = {i: (leaves[i], [c[i] for c in cols]) for i in cplx}
         for i in cplx:
             leaves[i], grads_l[i] = torch.view_as_real(leaves[i]), torch.view_as_real(grads_l[i])
@@ -419,7 +431,7 @@ class Optimizer:
 
         # 3. run the engines, one group per rule variant
         if not traced:
-            increment(counts, active, inplace=donate)
+            increment(counts, active, inplace=donate, shared=shared)
         step = state["step"]
         with torch.no_grad() if not self.differentiable else contextlib.nullcontext():
             for rule, idx in self._by_rule(active, no_decay):
@@ -456,11 +468,11 @@ class Optimizer:
         for name, idx in self.route(
             job.rule, job.idx, job.leaves, job.grads, job.cols, plain, engine
         ):
-            sub = dataclasses.replace(job, idx=idx)
+            sub = job if len(idx) == len(job.idx) else dataclasses.replace(job, idx=idx)
             if name == "triton":
                 triton.run(sub)
             elif name == "fused":
-                fused.run(sub)
+                fused.run(sub, elementwise=self.elementwise)
             elif name == "generic":
                 generic.run(sub, elementwise=self.elementwise)
             elif name == "compiled":
@@ -487,7 +499,7 @@ class Optimizer:
                 out["generic"].append(i)
                 continue
             if k.multi is not None and engine in ("auto", "triton"):
-                key = (p.device, p.dtype)
+                key = p.dtype if p.is_cpu else (p.device, p.dtype)  # (no device object on CPU)
                 if key not in devices:
                     devices[key] = triton.usable(p.device, on_cpu=engine == "triton") and (
                         engine == "triton" or triton.verified(rule, k, p.device, p.dtype)
@@ -557,16 +569,28 @@ def engines_keep(new: Tensor, old: Tensor, traced: bool) -> Tensor:
     return new if traced else keep_flag(new, old)
 
 
+_INF = float("inf")
+
+
 def _like(b: Any, p: Tensor) -> bool:
     """Whether buffer ``b`` is meant to be shaped like its leaf (factored ones are not)."""
     return isinstance(b, Tensor) and b.dim() == p.dim() and b.numel() in (p.numel(), 0)
 
 
-def _written(active, paths, leaves, cols, counts, fields):
-    yield "params", [(paths[i], leaves[i]) for i in active]
-    yield "state['count']", [(paths[i], counts[i]) for i in active]
-    for f, c in zip(fields, cols):
-        yield f"state[{f!r}]", [(paths[i], c[i]) for i in active]
+def _written_name(active, paths, fields, shared: bool) -> Callable[[int], str]:
+    """What the ``k``-th tensor a donated update writes is: params, then each state
+    column, each over the ``active`` leaves, then their counts, or when ``shared`` the
+    one tensor they are views of (error messages only)."""
+    n = len(active)
+    kinds = ("params", *(f"state[{f!r}]" for f in fields), "state['count']")
+
+    def name(k: int) -> str:
+        kind, j = divmod(k, n)
+        if shared and kind == len(kinds) - 1:
+            return "state['count'] (the tensor the counts are views of)"
+        return f"{kinds[kind]} {paths[active[j]]!r}"
+
+    return name
 
 
 def _empty(p: Tensor) -> Tensor:

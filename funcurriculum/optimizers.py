@@ -84,7 +84,7 @@ def _sgd_multi(rule: SGDRule, ps, gs, bufs, out_ps, out_bufs, counts, lrs) -> No
 def _sgd_accepts(p: Tensor) -> bool:
     # torch's CPU ``_fused_sgd_`` leaves part of a float16 / bfloat16 tensor un-updated
     # (seen on torch 2.13): those leaves take the generic engine.
-    return not (p.device.type == "cpu" and p.dtype in (torch.float16, torch.bfloat16))
+    return not (p.is_cpu and p.dtype in (torch.float16, torch.bfloat16))
 
 
 def _sgd_kernels(rule: SGDRule) -> Kernels:

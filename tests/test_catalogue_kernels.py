@@ -21,6 +21,8 @@ KERNELS = {
     "adadelta": "_inplace",
     "adafactor": "_inplace",
     "lion": "_inplace",
+    "lion-foreach": "_foreach",  # Lion's CUDA path, run on CPU here
+    "muon": "_inplace",
 }
 CASES = [
     ("rmsprop", {}),
@@ -35,27 +37,37 @@ CASES = [
     ("adafactor", {}),
     ("adafactor", {"weight_decay": 0.1, "eps": (1e-20, 1e-3)}),
     ("lion", {"weight_decay": 0.1}),
+    ("lion", {"betas": (0.5, 0.8)}),
+    ("lion-foreach", {"weight_decay": 0.1}),
+    ("muon", {}),
+    ("muon", {"nesterov": False, "weight_decay": 0.0, "adjust_lr_fn": "match_rms_adamw"}),
 ]
 SHAPES = [(4, 3), (5,), (2, 3, 4), ()]
+SHAPES_2D = [(4, 3), (3, 5), (6, 6)]  # Muon's: matrices only (tall, wide, square)
 
 
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["float-lr", "tensor-lr"])
 @pytest.mark.parametrize("maximize", [False, True], ids=["min", "max"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("case", CASES, ids=[f"{n}-{kw}" for n, kw in CASES])
-def test_kernel_equals_reference_step(case, dtype, maximize):
-    name, kw = case
+def test_kernel_equals_reference_step(case, dtype, maximize, tensor_lr):
+    """(A tensor lr arrives as the engine passes one on CPU: 0-d float64; a scheduled or
+    per-leaf coefficient under vmap / compile.)"""
+    which, kw = case
+    name = which.split("-")[0]
     module = importlib.import_module(f"funcurriculum.catalogue._{name}")
-    kernel = getattr(module, KERNELS[name])
+    kernel = getattr(module, KERNELS[which])
     rule = getattr(fc, name)(0.01, **kw).rule
+    shapes = SHAPES_2D if name == "muon" else SHAPES
     gen = torch.Generator().manual_seed(0)
-    ps = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
+    ps = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
     ref_ps = [p.clone() for p in ps]
     bufs = [list(col) for col in zip(*(rule.init(p) for p in ps))]
     ref_bufs = [[b.clone() for b in col] for col in bufs]
     counts = [torch.zeros((), dtype=torch.float32) for _ in ps]
-    lr = 0.01
+    lr = torch.tensor(0.01, dtype=torch.float64) if tensor_lr else 0.01
     for step in range(1, 9):
-        gs = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
+        gs = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
         for c in counts:
             c.add_(1)
         kernel(rule, ps, gs, bufs, counts, lr, first=step == 1, maximize=maximize)

@@ -519,6 +519,22 @@ def test_donate_refuses_aliased_leaves_and_changes_nothing():
     assert torch.equal(new["a.weight"], new["b.weight"])
 
 
+def test_donate_refuses_aliased_counts():
+    """The counts of ``init`` are views of one tensor (checked as that one span); one
+    count at two leaves, or a param inside that tensor, is refused and named."""
+    opt, g = fc.adam(0.1), {"a": torch.ones(2), "b": torch.ones(2)}
+    s = opt.init({"a": torch.ones(2), "b": torch.ones(2)})
+    s["count"]["b"] = s["count"]["a"]
+    with pytest.raises(ValueError, match=r"state\['count'\] 'a' and state\['count'\] 'b' share"):
+        opt.update({"a": torch.ones(2), "b": torch.ones(2)}, g, s, donate=True)
+    assert float(s["count"]["a"]) == 0
+    s = opt.init({"a": torch.ones(2), "b": torch.ones(2)})
+    base = s["count"]["a"]._base
+    with pytest.raises(ValueError, match=r"params 'b' and state\['count'\] \(the tensor the "):
+        opt.update({"a": torch.ones(2), "b": base}, g, s, donate=True)
+    assert base.tolist() == [0.0, 0.0]
+
+
 @pytest.mark.parametrize("bad", ["coeff_shape", "moment_dtype"])
 def test_donate_checks_everything_before_writing(bad):
     opt = fc.adam(0.1)
@@ -643,3 +659,36 @@ def test_selftest_reports_every_optimizer(capsys):
     assert "all engines agree" in out
     for name in ("sgd", "adam", "adamw"):
         assert f"\n{name} " in out
+
+
+def test_fused_kernel_calls_group_by_device_dtype_lr_and_first_flag():
+    """One kernel call per (device, dtype, lr, first flag); a tensor lr is its own
+    group; the one-group shortcut and the general grouping give the same partition."""
+    from funcurriculum.engines.fused import _groups
+
+    f32, f64 = torch.zeros(2), torch.zeros(2, dtype=torch.float64)
+    ps = [f32, f32, f64, f32, f32, f32]
+    lr = {0: 0.1, 1: 0.1, 2: 0.1, 3: 0.2, 4: torch.tensor(0.1), 5: 0.1}
+    got = _groups(lr, list(range(6)), {}, ps)
+    cpu = f32.device
+    assert got == {
+        (cpu, torch.float32, 0.1, False): [0, 1, 5],
+        (cpu, torch.float64, 0.1, False): [2],
+        (cpu, torch.float32, 0.2, False): [3],
+        (cpu, torch.float32, ("tensor", 4), False): [4],
+    }
+    same = [f32] * 4
+    assert _groups({i: 0.1 for i in range(4)}, [0, 1, 2, 3], {}, same) == {
+        (cpu, torch.float32, 0.1, False): [0, 1, 2, 3]
+    }
+    lrs = {0: 0.1, 1: 0.2, 2: 0.1, 3: 0.2}
+    assert _groups(lrs, [0, 1, 2, 3], {}, same) == {
+        (cpu, torch.float32, 0.1, False): [0, 2],
+        (cpu, torch.float32, 0.2, False): [1, 3],
+    }
+    first = {0: True, 1: False, 2: True, 3: False}
+    assert _groups({i: 0.1 for i in range(4)}, [0, 1, 2, 3], first, same) == {
+        (cpu, torch.float32, 0.1, True): [0, 2],
+        (cpu, torch.float32, 0.1, False): [1, 3],
+    }
+    assert _groups(lr, [], {}, ps) == {}

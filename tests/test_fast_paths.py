@@ -499,6 +499,50 @@ def test_traced_flatten_matches_optree():
     assert _tree._walk({"u": type("D", (dict,), {})(a=1)}, []) is _tree._UNKNOWN
 
 
+def test_flat_dict_flatten_matches_optree():
+    """A flat dict of tensors / None / numbers with str keys takes the cached-spec path:
+    the same leaves (the very objects), spec and paths as optree, insertion order kept;
+    other trees (int or bool keys, nested values, dict subclasses) go to optree."""
+    from funcurriculum import _tree
+
+    before = len(_tree._FLAT_SPECS)
+    _tree.flatten({"only-int-keys-here": 1, 2: 3})
+    assert len(_tree._FLAT_SPECS) == before  # not cached
+    import collections
+
+    t = torch.zeros
+    p = torch.nn.Parameter(t(2))
+    flat = {"b.w": t(1), "a.w": p, "c": None, "d": 1.5, "e": True, "f": 3}
+    cases = [
+        flat,
+        {},
+        {1: t(1), "a": t(2)},  # int and bool keys: (1,) == (True,), so no cached spec
+        {True: t(1)},
+        {"x": {"y": t(1)}, "z": t(2)},
+        {"x": [t(1)]},
+        collections.OrderedDict(b=t(1), a=t(2)),
+    ]
+    for tree in cases:
+        for _ in range(2):  # the second call reads the cache
+            leaves, spec = _tree.flatten(tree)
+            ref_leaves, ref_spec = _tree._optree_flatten(tree)
+            assert spec == ref_spec, tree
+            assert len(leaves) == len(ref_leaves)
+            assert all(a is b for a, b in zip(leaves, ref_leaves))
+            assert _tree.spec_paths(spec) == _tree.spec_paths(ref_spec)
+    assert _tree.spec_paths(_tree.flatten(flat)[1]) == ("b.w", "a.w", "c", "d", "e", "f")
+    assert type(_tree.unflatten(_tree.flatten(cases[-1])[1], [1, 2])) is collections.OrderedDict
+
+
+def test_flat_spec_cache_is_bounded(monkeypatch):
+    from funcurriculum import _tree
+
+    monkeypatch.setattr(_tree, "_FLAT_SPECS", {})
+    for i in range(2500):
+        _tree.flatten({f"k{i}": None})
+    assert 0 < len(_tree._FLAT_SPECS) <= 1024
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("donate", [False, True], ids=["pure", "donate"])

@@ -62,7 +62,7 @@ def _fused_inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
 def _fused_accepts(p: Tensor) -> bool:
     # torch's fused Adagrad is declared for CPU; float16 / bfloat16 leaves take the
     # engine's float32 path so that every path gives the same bits
-    return p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
+    return p.is_cpu and p.dtype in (torch.float32, torch.float64)
 
 
 _SPEC = Catalogued("adagrad", AdagradRule, inplace=_fused_inplace, accepts=_fused_accepts)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .. import _hparams as V
+from .._counts import add_
 from ..leaf_rule import Kernels
 from ..optimizer import Optimizer
 
@@ -144,7 +145,7 @@ def torch_steps(counts: list[Tensor]) -> list[Tensor]:
     tensors it is given: the engine passes counts that already include this update, so
     they are stepped back here in place (exact: small integers in float32) and torch
     brings them back."""
-    torch._foreach_sub_(counts, 1.0)
+    add_(counts, -1.0)  # (one group: one device)
     return counts
 
 
@@ -154,13 +155,18 @@ def plain_float(p: Tensor) -> bool:
     float16 / bfloat16 leaves take the engine's float32 path (torch's foreach kernels
     round every intermediate to the half dtype); complex leaves its real-pair views.
     """
-    return p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda")
+    return p.dtype in _FLOATS and (p.is_cpu or p.is_cuda)
 
 
-def torch_kernel(fn: Callable[..., None], buffers: Callable[..., Any] | None = None):
+_FLOATS = (torch.float32, torch.float64)
+
+
+def torch_kernel(
+    fn: Callable[..., None], buffers: Callable[..., Any] | None = None, *, cpu_foreach: bool = False
+):
     """torch.optim's functional implementation ``fn`` (``torch.optim.nadam.nadam``, ...)
     as a rule's in-place kernel: ``foreach=True`` on CUDA, the for-loop on CPU (torch's
-    default choice).
+    default choice) unless ``cpu_foreach``.
 
     The rule's dataclass fields that ``fn`` takes as keywords (``beta1``, ``eps``, ...)
     are passed by name; the buffers in the rule's field order, or as ``buffers(rule, ps,
@@ -169,6 +175,8 @@ def torch_kernel(fn: Callable[..., None], buffers: Callable[..., Any] | None = N
     Args:
       fn: the functional implementation (params, grads, buffers..., state_steps, ...).
       buffers: ``(rule, ps, bufs) -> the buffer lists fn takes``, where they differ.
+      cpu_foreach: take torch's multi-tensor implementation on CPU too, for an optimizer
+        whose for-loop is the slower one there (RAdam's: docs/performance.md).
 
     Returns:
       ``inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize)`` (see `Kernels`).
@@ -189,12 +197,13 @@ def torch_kernel(fn: Callable[..., None], buffers: Callable[..., Any] | None = N
             hp = cache[rule] = {f.name: getattr(rule, f.name) for f in fields if f.name in takes}
         lists = bufs if buffers is None else buffers(rule, ps, bufs)
         # torch's own default: the multi-tensor implementation on CUDA, the for-loop one
-        # on CPU (faster there: in place, no intermediate lists; docs/performance.md)
-        foreach = ps[0].device.type == "cuda"
+        # on CPU (faster there for most: in place, no intermediate lists; docs/performance.md)
+        foreach = cpu_foreach or ps[0].is_cuda
         fn(ps, gs, *lists, torch_steps(counts), foreach=foreach, maximize=maximize, lr=lr, **hp)
 
     inplace.__doc__ = (
-        f"torch.optim's {fn.__name__} (foreach on CUDA) in place on one group: "
+        f"torch.optim's {fn.__name__} ({'foreach' if cpu_foreach else 'foreach on CUDA'}) "
+        "in place on one group: "
         "counts already incremented, one lr"
     )
     return inplace

@@ -36,31 +36,45 @@ class LionRule(LeafShaped):
 
 def _inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
     """Lion in place on one group, the arithmetic of `LionRule.step`: multi-tensor
-    (foreach) ops on CUDA, a for-loop of in-place ops on CPU."""
+    (foreach) ops on CUDA, a for-loop of in-place ops on CPU (fewer temporaries there)."""
+    kernel = _forloop if ps[0].is_cpu else _foreach
+    kernel(rule, ps, gs, bufs, counts, lr, first=first, maximize=maximize)
+
+
+def _forloop(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """Per leaf: one temporary (the update), every scale folded into an ``alpha``."""
     (ms,) = bufs
-    if ps[0].device.type != "cuda":  # CPU: a for-loop of in-place ops (fewer temporaries)
-        for p, g, m in zip(ps, gs, ms):
-            g = -g if maximize else g
-            u = g * (1 - rule.beta1)
-            u.add_(m * rule.beta1).sign_()
-            m.mul_(rule.beta2).add_(g * (1 - rule.beta2))
-            if rule.weight_decay != 0:
-                u.add_(p * rule.weight_decay)
-            p.sub_(u.mul_(lr.to(p.dtype) if isinstance(lr, Tensor) else lr))
-        return
-    if maximize:
-        gs = torch._foreach_neg(gs)
-    u = torch._foreach_mul(gs, 1 - rule.beta1)
-    torch._foreach_add_(u, torch._foreach_mul(ms, rule.beta1))
+    s = -1.0 if maximize else 1.0
+    b1, b2, wd = rule.beta1, rule.beta2, rule.weight_decay
+    for p, g, m in zip(ps, gs, ms):
+        u = torch.mul(g, s * (1 - b1))
+        u.add_(m, alpha=b1).sign_()
+        m.mul_(b2).add_(g, alpha=s * (1 - b2))
+        if wd != 0:
+            u.add_(p, alpha=wd)
+        if isinstance(lr, Tensor):
+            p.sub_(u.mul_(lr.to(p.dtype)))
+        else:
+            p.add_(u, alpha=-lr)
+
+
+def _foreach(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """The same with multi-tensor ops: one list of temporaries (the updates)."""
+    (ms,) = bufs
+    s = -1.0 if maximize else 1.0
+    b1, b2, wd = rule.beta1, rule.beta2, rule.weight_decay
+    u = torch._foreach_mul(gs, s * (1 - b1))
+    torch._foreach_add_(u, ms, alpha=b1)
     torch._foreach_sign_(u)
-    torch._foreach_mul_(ms, rule.beta2)
-    torch._foreach_add_(ms, torch._foreach_mul(gs, 1 - rule.beta2))
-    if rule.weight_decay != 0:
-        torch._foreach_add_(u, torch._foreach_mul(ps, rule.weight_decay))
+    torch._foreach_mul_(ms, b2)
+    torch._foreach_add_(ms, gs, alpha=s * (1 - b2))
+    if wd != 0:
+        torch._foreach_add_(u, ps, alpha=wd)
     if isinstance(lr, Tensor):
-        torch._foreach_sub_(ps, torch._foreach_mul(u, lr.to(ps[0].dtype)))
+        torch._foreach_mul_(u, lr.to(ps[0].dtype))
+        torch._foreach_sub_(ps, u)
     else:
-        torch._foreach_sub_(ps, torch._foreach_mul(u, lr))
+        torch._foreach_add_(ps, u, alpha=-lr)
 
 
 _SPEC = Catalogued("lion", LionRule, inplace=_inplace)

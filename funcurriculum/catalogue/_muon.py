@@ -93,7 +93,29 @@ class MuonRule:
         return p, (buf,)
 
 
-_SPEC = Catalogued("muon", MuonRule, elementwise=False)
+def _inplace(rule, ps, gs, bufs, counts, lr, *, first, maximize) -> None:
+    """torch.optim.Muon's for-loop in place on one group, the arithmetic of
+    `MuonRule.step` (torch's Muon has no foreach implementation; ``maximize`` negates the
+    gradient, which torch's Muon does not offer)."""
+    (moms,) = bufs
+    tensor_lr = isinstance(lr, Tensor)
+    for p, g, buf in zip(ps, gs, moms):
+        if maximize:
+            g = -g
+        buf.lerp_(g, 1 - rule.momentum)
+        update = g.lerp(buf, rule.momentum) if rule.nesterov else buf
+        update = newton_schulz(update, rule.ns_coefficients, rule.ns_steps, rule.eps)
+        ratio = _lr_ratio(rule.adjust_lr_fn, p.shape)
+        if tensor_lr:
+            lr_p = lr.to(p.dtype)
+            p.mul_(1 - lr_p * rule.weight_decay)
+            p.sub_(update.to(p.dtype).mul_(lr_p * ratio))
+        else:
+            p.mul_(1 - lr * rule.weight_decay)
+            p.add_(update, alpha=-lr * ratio)  # (a bfloat16 update, read as p's dtype)
+
+
+_SPEC = Catalogued("muon", MuonRule, elementwise=False, inplace=_inplace)
 
 
 def muon(

@@ -3,9 +3,10 @@
 * ``donate=True``: the kernel runs on the caller's buffers, one call per group of leaves
   sharing device, dtype, lr value and first-step flag.
 * pure (default), CPU: fresh buffers made one cache-sized wave at a time (about ``wave``
-  elements: a run of leaves, or flat slices of one big leaf), each wave updated by the
-  kernel while still in cache. Everything runs on the caller's thread (a helper copy
-  thread left a second OpenMP team that slowed every later torch op, docs/performance.md).
+  elements: a run of leaves, or flat slices of one big leaf of an elementwise rule),
+  each wave updated by the kernel while still in cache. Everything runs on the caller's
+  thread (a helper copy thread left a second OpenMP team that slowed every later torch
+  op, docs/performance.md).
 * pure, other devices (or ``wave=0``): clone, then the kernel.
 """
 
@@ -23,8 +24,10 @@ from . import Job, keep_flag
 Tensor = torch.Tensor
 
 
-def run(job: Job) -> None:
-    """Update ``job.idx`` with ``job.kernels.inplace`` (counts already incremented)."""
+def run(job: Job, *, elementwise: bool = True) -> None:
+    """Update ``job.idx`` with ``job.kernels.inplace`` (counts already incremented);
+    the pure CPU path slices a big leaf into flat waves only for an ``elementwise``
+    rule (others get the whole leaf copied, then updated)."""
     if not job.idx:
         return
     first = first_flags(job.idx, job.counts) if job.kernels.needs_first_flag else {}
@@ -33,7 +36,7 @@ def run(job: Job) -> None:
         if not job.donate:
             on_cpu = [i for i in idx if job.leaves[i].is_cpu] if job.wave > 0 else []
             if on_cpu:
-                _pure_waves(job, on_cpu, first)
+                _pure_waves(job, on_cpu, first, elementwise)
                 done = set(on_cpu)
                 idx = [i for i in idx if i not in done]
             for i in idx:  # other devices: fresh copies, then the in-place kernel
@@ -41,10 +44,6 @@ def run(job: Job) -> None:
                 for b in job.cols:
                     b[i] = b[i].clone()
         calls(job, idx, first, job.leaves, job.grads, job.cols)
-
-
-def _lr_key(lr_i: Any, i: int) -> Any:
-    return ("tensor", i) if isinstance(lr_i, Tensor) else lr_i
 
 
 def _lr_arg(lr_key: Any, lr_of: dict[int, Any], device: torch.device) -> float | Tensor:
@@ -57,12 +56,7 @@ def _lr_arg(lr_key: Any, lr_of: dict[int, Any], device: torch.device) -> float |
 def calls(job: Job, idx: Sequence[int], first: dict[int, bool], ps, gs, cols) -> None:
     """``kernels.inplace`` on leaves ``idx`` (``ps[i]``, ``gs[i]``, ``col[i]``: lists, or
     dicts keyed by leaf), one call per group sharing device, dtype, lr and first flag."""
-    groups: dict[Any, list[int]] = {}
-    for i in idx:
-        p = ps[i]
-        key = (p.device, p.dtype, _lr_key(job.lr_of[i], i), first.get(i, False))
-        groups.setdefault(key, []).append(i)
-    for (device, _dtype, lr_key, fst), g in groups.items():
+    for (device, _, lr_key, fst), g in _groups(job.lr_of, idx, first, ps).items():
         job.kernels.inplace(
             job.rule,
             [ps[i] for i in g],
@@ -75,7 +69,35 @@ def calls(job: Job, idx: Sequence[int], first: dict[int, bool], ps, gs, cols) ->
         )
 
 
-def _pure_waves(job: Job, idx: Sequence[int], first: dict[int, bool]) -> None:
+def _groups(lr_of, idx, first, ps) -> dict[tuple, list[int]]:
+    """Leaves ``idx`` by (device, dtype, lr key, first flag); a tensor lr is a group's own."""
+    if not idx:
+        return {}
+    lrs = [lr_of[i] for i in idx]
+    devices = {ps[i].device for i in idx}
+    dtypes = {ps[i].dtype for i in idx}
+    flags = {first.get(i, False) for i in idx} if first else {False}
+    if len(devices) == len(dtypes) == len(flags) == 1 and _FLOAT.issuperset(map(type, lrs)):
+        # the common case: one device, dtype and flag, float lrs (checked set by set,
+        # cheaper than a key per leaf); one group per distinct lr
+        if lrs.count(lrs[0]) == len(lrs):
+            return {(*devices, *dtypes, lrs[0], *flags): list(idx)}
+        by_lr: dict[float, list[int]] = {}
+        for i, lr in zip(idx, lrs):
+            by_lr.setdefault(lr, []).append(i)
+        return {(*devices, *dtypes, lr, *flags): g for lr, g in by_lr.items()}
+    groups: dict[tuple, list[int]] = {}
+    for i, lr in zip(idx, lrs):
+        p = ps[i]
+        key = (p.device, p.dtype, ("tensor", i) if isinstance(lr, Tensor) else lr)
+        groups.setdefault((*key, first.get(i, False)), []).append(i)
+    return groups
+
+
+_FLOAT = frozenset({float})
+
+
+def _pure_waves(job: Job, idx: Sequence[int], first: dict[int, bool], elementwise: bool) -> None:
     wave = max(int(job.wave), 1)
     leaves, grads, cols = job.leaves, job.grads, job.cols
     nb = len(cols)
@@ -100,7 +122,8 @@ def _pure_waves(job: Job, idx: Sequence[int], first: dict[int, bool]) -> None:
         p, g = leaves[i], grads[i]
         olds = [b[i] for b in cols]
         if (
-            p.numel() > wave
+            elementwise
+            and p.numel() > wave
             and leaf_shaped(p, olds)
             and all(t.is_contiguous() for t in (p, g, *olds))
         ):
