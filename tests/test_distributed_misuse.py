@@ -288,3 +288,10 @@ def test_tampered_values_in_a_dcp_checkpoint_are_refused(tmp_path, monkeypatch):
 
 if __name__ == "__main__":
     worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    # After the collectives this scenario makes fail on purpose, gloo's worker threads can
+    # abort the interpreter's finalization (SIGABRT, "terminate called without an active
+    # exception"; seen in about one run of four, before and after 2026-12-03) although the
+    # group is destroyed. The results are saved by now: skip the finalization.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
