@@ -16,6 +16,8 @@ from typing import Any
 import optree
 import torch
 
+from ._validate import _PLAIN
+
 NAMESPACE = "funcurriculum"
 
 PyTree = Any
@@ -55,7 +57,7 @@ def _optree_flatten(tree: PyTree) -> tuple[list[Any], Any]:
 
 # value types that are leaves (never optree nodes) and key types whose tuples compare as
 # the keys do (``(1,) == (True,)``: int keys are left to optree)
-_FLAT_LEAVES = frozenset({torch.Tensor, torch.nn.Parameter, type(None), bool, int, float})
+_FLAT_LEAVES = frozenset({*_PLAIN, type(None), bool, int, float})
 _STR = frozenset({str})
 _FLAT_SPECS: dict[tuple[str, ...], Any] = {}
 

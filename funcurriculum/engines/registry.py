@@ -17,8 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
+from .._validate import _PLAIN as _PLAIN_TENSORS
 from .._validate import compiling
 
 _ENTRIES: dict[str, tuple[Callable[[Sequence[Any]], bool], Callable[..., Any]]] = {}
@@ -27,7 +26,7 @@ _ENTRIES: dict[str, tuple[Callable[[Sequence[Any]], bool], Callable[..., Any]]] 
 _LAZY = {"torch.distributed.tensor": "funcurriculum.distributed.dtensor"}
 
 
-_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter, type(None)})
+_PLAIN = frozenset({*_PLAIN_TENSORS, type(None)})
 
 
 def register(name: str, claims: Callable[[Sequence[Any]], bool], update: Callable[..., Any]):
